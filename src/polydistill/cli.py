@@ -1,0 +1,155 @@
+"""The ``polydistill`` command line: demo, train, eval, predict, generate, config.
+
+Errors the user can fix are printed as one line (what, where, how to fix) with a non-zero exit code;
+anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+
+from .errors import PolydistillError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Distill many teachers into one compact multi-task student for dense prediction.")
+console = Console(stderr=True)
+
+
+def friendly_errors(fn):
+    """Print user errors on one line and exit 2, instead of a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except PolydistillError as exc:
+            console.print(f"[bold red]error:[/] {exc}", soft_wrap=True, highlight=False)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            console.print("[yellow]interrupted[/]")
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+@app.command()
+@friendly_errors
+def demo(
+    out: Annotated[Path, typer.Option(help="output folder for metrics.json, report.md and the student")] = Path("runs/demo"),
+    preset: Annotated[str, typer.Option(help="quick (about a minute) or default (the full story)")] = "default",
+    seed: int = 0,
+    workers: Annotated[Optional[int], typer.Option(help="processes for data generation")] = None,
+    progress: bool = True,
+):
+    """Distill a depth teacher and a segmentation teacher into one small student, offline, on built-in data."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from .demo import PRESETS, run_demo
+    from .registry import did_you_mean
+
+    if preset not in PRESETS:
+        raise PolydistillError(f"unknown preset '{preset}'{did_you_mean(preset, list(PRESETS))}")
+    metrics = run_demo(out, preset, seed=seed, workers=workers, progress=progress, log=console.print)
+    s, st = metrics["speed"], metrics["student"]
+    console.print(
+        f"[bold green]done[/] in {metrics['wall_s']:.0f} s — student depth AbsRel {st['depth']['abs_rel']:.4f}, "
+        f"mIoU {st['semseg']['miou']:.4f}; Δm vs teachers {metrics['delta_m_vs_teachers']:+.2f} %; "
+        f"{s['ratio']:.1f}× faster than the teachers together. Report: {out / 'report.md'}"
+    )
+
+
+@app.command()
+@friendly_errors
+def train(
+    config: Annotated[Path, typer.Argument(help="YAML config")],
+    overrides: Annotated[Optional[list[str]], typer.Argument(help="dotted overrides, e.g. train.epochs=3")] = None,
+    out: Annotated[Path, typer.Option(help="run directory")] = Path("runs/train"),
+    resume: Annotated[bool, typer.Option(help="continue from OUT/checkpoints/last")] = False,
+):
+    """Train a student (or, with one task and full labels, a teacher) from a config."""
+    from .config import load_config
+    from .run import train_run
+
+    cfg = load_config(config, overrides or [])
+    result = train_run(cfg, out, resume=resume)
+    console.print(f"[bold green]done[/]: {result.fit.steps} steps; best step {result.fit.best_step}; "
+                  f"checkpoints in {out / 'checkpoints'}")
+    if result.fit.best_metrics:
+        console.print_json(json.dumps(result.fit.best_metrics))
+
+
+@app.command("eval")
+@friendly_errors
+def eval_cmd(
+    checkpoint: Annotated[Path, typer.Argument(help="checkpoint or run directory")],
+    data: Annotated[Path, typer.Option(help="folder dataset to evaluate on")],
+    height: Optional[int] = None,
+    width: Optional[int] = None,
+    baseline: Annotated[Optional[Path], typer.Option(help="metrics JSON {task: {metric: v}} for Δm")] = None,
+    teachers: Annotated[Optional[list[Path]], typer.Option("--teacher", help="teacher checkpoints to compare")] = None,
+    output: Annotated[Optional[Path], typer.Option(help="write the results as JSON here")] = None,
+):
+    """Metrics of a checkpoint on a split; Δm against an explicit baseline; retention, size and latency."""
+    from .evaluation.report import evaluate_checkpoint
+
+    result = evaluate_checkpoint(checkpoint, data, size=(height, width), baseline=baseline, teachers=teachers or [])
+    text = json.dumps(result, indent=2)
+    if output:
+        output.write_text(text)
+    console.print_json(text)
+
+
+@app.command()
+@friendly_errors
+def predict(
+    checkpoint: Annotated[Path, typer.Argument(help="checkpoint or run directory")],
+    inputs: Annotated[list[Path], typer.Argument(help="images or folders of images")],
+    out: Annotated[Path, typer.Option(help="output folder")] = Path("runs/predict"),
+    height: Optional[int] = None,
+    width: Optional[int] = None,
+):
+    """Predict depth (16-bit PNG, mm) and classes (PNG ids) plus visualisations for images."""
+    from .predict import predict_images
+
+    written = predict_images(checkpoint, inputs, out, size=(height, width))
+    console.print(f"[bold green]done[/]: {written} images -> {out}")
+
+
+@app.command()
+@friendly_errors
+def generate(
+    out: Annotated[Path, typer.Argument(help="output folder (generic folder layout)")],
+    count: Annotated[int, typer.Option(help="number of images")] = 100,
+    height: int = 96,
+    width: int = 128,
+    seed: int = 0,
+    workers: Optional[int] = None,
+):
+    """Render a ShapeScenes split (RGB, metric depth, classes, boxes) in the generic folder layout."""
+    from .data.shapescenes import generate_split
+
+    generate_split(out, count, seed=seed, height=height, width=width, workers=workers)
+    console.print(f"[bold green]done[/]: {count} images in {out}")
+
+
+@app.command("config")
+@friendly_errors
+def config_cmd(
+    config: Annotated[Path, typer.Argument(help="YAML config")],
+    overrides: Annotated[Optional[list[str]], typer.Argument(help="dotted overrides")] = None,
+):
+    """Validate a config and print it fully resolved (includes, overrides, defaults)."""
+    from .config import dump_config, load_config
+
+    sys.stdout.write(dump_config(load_config(config, overrides or [])))
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,195 @@
+"""Configuration: YAML → OmegaConf (includes, dotted overrides) → pydantic models with ``extra="forbid"``.
+
+Why this stack: YAML stays readable and never executes code (no custom tags, no import strings);
+OmegaConf gives ``_base_`` includes, ``${...}`` interpolation and ``train.epochs=3`` overrides from the
+command line; pydantic turns every typo into an error that names the key and suggests the right one.
+Components (tasks, backbones, teacher sources, weightings) are referenced by registered *names*.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from omegaconf import OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from .errors import ConfigError
+from .registry import did_you_mean
+
+
+class StrictModel(BaseModel):
+    """Base for every config section: unknown keys are errors, not silently ignored."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class AugmentConfig(StrictModel):
+    hflip: float = Field(0.5, ge=0, le=1, description="probability of a horizontal flip")
+    scale: tuple[float, float] = Field((1.0, 1.25), description="random zoom range (resize then crop)")
+
+    @field_validator("scale")
+    @classmethod
+    def _scale_at_least_one(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not 1.0 <= v[0] <= v[1]:
+            raise ValueError("scale must be (low, high) with 1 <= low <= high")
+        return v
+
+
+class DataConfig(StrictModel):
+    train: str = Field(description="folder dataset used for training")
+    val: str | None = Field(None, description="folder dataset for periodic validation (never the train set)")
+    height: int = Field(96, gt=0, description="images are resized to this size")
+    width: int = Field(128, gt=0)
+    batch_size: int = Field(16, gt=0)
+    num_workers: int = Field(0, ge=0)
+    augment: AugmentConfig = AugmentConfig()
+    labelled_only: bool = Field(False, description="train only on images that carry at least one label")
+
+
+class StudentConfig(StrictModel):
+    backbone: str = Field("mobilenetv3_small_100", description="any timm model with features_only support")
+    pretrained: bool = Field(False, description="load timm pretrained weights (needs them cached or online)")
+    neck_channels: int = Field(64, gt=0)
+    head_channels: int | None = Field(None, description="hidden width of each task head (default: neck)")
+
+
+class TeacherConfig(StrictModel):
+    name: str
+    source: str = Field("checkpoint", description="where the teacher comes from (registered source)")
+    path: str = Field(description="checkpoint directory, model id or file, depending on the source")
+    tasks: list[str] | None = Field(None, description="student tasks it teaches (default: all it can)")
+
+
+class DistillConfig(StrictModel):
+    weighting: str = Field("static", description="how the loss table is combined into one scalar")
+    gt_weight: float = Field(1.0, ge=0, description="weight of ground-truth terms")
+    teacher_weight: float = Field(1.0, ge=0, description="weight of each teacher term")
+    task_weights: dict[str, float] = Field(default_factory=dict, description="per-task multiplier")
+    teacher_weights: dict[str, float] = Field(default_factory=dict, description="per-teacher multiplier")
+    precompute_teachers: bool = Field(
+        True, description="run teachers once on un-augmented images and augment their maps with the image"
+    )
+
+
+class TrainConfig(StrictModel):
+    epochs: int = Field(10, gt=0)
+    max_steps: int | None = Field(None, gt=0, description="stop after this many steps (overrides epochs)")
+    lr: float = Field(2e-3, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    warmup_steps: int = Field(50, ge=0)
+    min_lr_ratio: float = Field(0.01, ge=0, le=1, description="cosine schedule floor as a fraction of lr")
+    grad_clip: float | None = Field(5.0, gt=0, description="global gradient-norm clip; null disables")
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    val_every: int | None = Field(None, gt=0, description="validate every N steps (default: every epoch)")
+    save_every: int | None = Field(None, gt=0, description="write the 'last' checkpoint every N steps")
+    log_every: int = Field(10, gt=0)
+    seed: int = 0
+    threads: int | None = Field(None, gt=0, description="torch CPU threads (default: torch's choice)")
+    progress: bool = True
+
+
+class RunConfig(StrictModel):
+    """One training run: what to learn (tasks), from what (data, teachers), into what (student), how."""
+
+    data: DataConfig
+    tasks: dict[str, dict[str, Any]] = Field(description="task name -> task options")
+    student: StudentConfig = StudentConfig()
+    teachers: list[TeacherConfig] = Field(default_factory=list)
+    distill: DistillConfig = DistillConfig()
+    train: TrainConfig = TrainConfig()
+
+    @field_validator("tasks")
+    @classmethod
+    def _tasks_not_empty(cls, v: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        if not v:
+            raise ValueError("at least one task is needed, e.g. tasks: {depth: {}}")
+        return {name: dict(opts or {}) for name, opts in v.items()}
+
+    @field_validator("teachers")
+    @classmethod
+    def _unique_teacher_names(cls, v: list[TeacherConfig]) -> list[TeacherConfig]:
+        names = [t.name for t in v]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise ValueError(f"teacher names must be unique, repeated: {sorted(dup)}")
+        if "gt" in names:
+            raise ValueError("'gt' is reserved for ground truth; rename the teacher")
+        return v
+
+
+# --------------------------------------------------------------------------------------------- loading
+
+
+def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> Any:
+    """Read a YAML file and resolve its ``_base_`` includes (paths relative to the file)."""
+    path = path.resolve()
+    if path in seen:
+        raise ConfigError(f"config include cycle: {' -> '.join(str(p) for p in (*seen, path))}")
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}".replace("\n", " ")) from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(data).__name__}")
+    bases = data.pop("_base_", [])
+    bases = [bases] if isinstance(bases, str) else bases
+    merged = OmegaConf.create({})
+    for base in bases:
+        merged = OmegaConf.merge(merged, _read_yaml(path.parent / base, (*seen, path)))
+    return OmegaConf.merge(merged, OmegaConf.create(data))
+
+
+def _explain(error: ValidationError, source: str) -> str:
+    """Turn pydantic's report into one line: which key, what is wrong, the suggestion."""
+    first = error.errors()[0]
+    loc = ".".join(str(p) for p in first["loc"])
+    if first["type"] == "extra_forbidden":
+        model: type[BaseModel] = RunConfig
+        for part in first["loc"][:-1]:
+            field = model.model_fields.get(str(part))
+            ann = getattr(field, "annotation", None)
+            model = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
+            if model is None:
+                break
+        key = str(first["loc"][-1])
+        hint = did_you_mean(key, list(model.model_fields)) if model is not None else ""
+        return f"{source}: unknown config key '{loc}'{hint}"
+    more = f" (and {len(error.errors()) - 1} more problems)" if len(error.errors()) > 1 else ""
+    return f"{source}: config key '{loc}': {first['msg']}{more}"
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None,
+                base: dict[str, Any] | None = None) -> RunConfig:
+    """Build a validated :class:`RunConfig` from a YAML file and/or a dict, plus dotted overrides."""
+    cfg = OmegaConf.create(base or {})
+    source = "config"
+    if path is not None:
+        cfg = OmegaConf.merge(cfg, _read_yaml(Path(path)))
+        source = str(path)
+    for item in overrides or []:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' must look like key=value, e.g. train.epochs=3")
+    try:
+        if overrides:
+            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
+        plain = OmegaConf.to_container(cfg, resolve=True)
+    except OmegaConfBaseException as exc:
+        raise ConfigError(f"{source}: {exc}".replace("\n", " ")) from None
+    try:
+        return RunConfig.model_validate(plain)
+    except ValidationError as exc:
+        raise ConfigError(_explain(exc, source)) from None
+
+
+def dump_config(cfg: RunConfig) -> str:
+    """The fully resolved config as YAML (written into every run directory)."""
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+
+
+def save_config(cfg: RunConfig, path: str | Path) -> None:
+    Path(path).write_text(dump_config(cfg))

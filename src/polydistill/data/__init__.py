@@ -1,0 +1,21 @@
+"""Data: samples as ``{image, targets, valid, teacher, meta}``; ShapeScenes; the generic folder layout."""
+
+from __future__ import annotations
+
+from ..config import AugmentConfig
+from .collate import collate, move_batch
+from .folder import FolderDataset
+from .transforms import Compose, RandomHorizontalFlip, RandomScaleCrop, Resize
+
+__all__ = ["Compose", "FolderDataset", "RandomHorizontalFlip", "RandomScaleCrop", "Resize",
+           "build_train_transform", "collate", "move_batch"]
+
+
+def build_train_transform(cfg: AugmentConfig) -> Compose | None:
+    """Paired geometric augmentation from the config (None when it would do nothing)."""
+    steps = []
+    if cfg.hflip > 0:
+        steps.append(RandomHorizontalFlip(cfg.hflip))
+    if cfg.scale[1] > 1.0:
+        steps.append(RandomScaleCrop(cfg.scale))
+    return Compose(steps) if steps else None

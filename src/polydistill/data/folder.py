@@ -1,0 +1,419 @@
+"""A multi-task dataset read from a plain folder, so users' own data needs no code.
+
+Layout (every label folder and every label file is optional)::
+
+    root/
+      classes.yaml          names: [floor, wall, ...]   ignore_index: 255   (needed for semseg)
+      images/<id>.png|.jpg|.jpeg
+      depth/<id>.png        uint16 millimetres, 0 = no measurement
+      depth/<id>.npy        float32 metres (H, W); 0, nan, inf and negatives = no measurement
+      semseg/<id>.png       class ids (mode L or P); ignore_index = unlabelled
+      boxes/<id>.json       {"boxes": [[x0, y0, x1, y1], ...], "labels": [class_id, ...]}  (pixel edges)
+      meta/<id>.json        {"intrinsics": 3x3, "domain": "..."}  (other keys are ignored)
+
+A sample is::
+
+    {"image": (3, H, W) float in [0, 1],
+     "targets": {"depth": (1, H, W) metres, "semseg": (H, W) long},   # requested tasks only
+     "valid": {"depth": bool, "semseg": bool},
+     "teacher": {name: {task: (C, H, W) float}},                      # only once attached
+     "meta": {"id", "index", "domain", "intrinsics", "boxes", "box_labels"}}
+
+Decisions:
+
+* Ids are image file stems, sorted, so index ``i`` is the same image on every machine and in every
+  ``Subset``; ``meta["index"]`` is that index.
+* A missing label gives ``valid[task] = False`` and a placeholder (depth zeros, semseg all
+  ``ignore_index``), never a zero label.
+* Files that match no image, or have an unsupported extension, are skipped with one warning at
+  construction (a typo in a file name would otherwise silently become a missing label).
+* Folders are listed and ``classes.yaml`` is checked eagerly; file contents are read and checked
+  lazily in ``__getitem__``, and any bad file raises :class:`DataError` naming it.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from PIL import Image
+from torchvision.transforms.v2 import InterpolationMode
+from torchvision.transforms.v2 import functional as F
+
+from ..errors import DataError
+from .transforms import Resize
+
+TeacherMaps = dict[str, dict[str, torch.Tensor]]
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
+#: label folder -> accepted extensions; a task reads the folder of the same name
+LABEL_EXTENSIONS = {"depth": (".png", ".npy"), "semseg": (".png",), "boxes": (".json",), "meta": (".json",)}
+TASKS = ("depth", "semseg")
+DEFAULT_IGNORE_INDEX = 255
+
+
+def _one_line(error: Exception) -> str:
+    return " ".join(str(error).split())
+
+
+def _list_folder(folder: Path, extensions: Sequence[str]) -> tuple[dict[str, Path], list[Path]]:
+    """``{id: file}`` for files with a known extension, and the files skipped (hidden files aside)."""
+    found: dict[str, Path] = {}
+    skipped: list[Path] = []
+    if not folder.is_dir():
+        return found, skipped
+    for path in sorted(folder.iterdir()):
+        if path.name.startswith("."):
+            continue
+        if not path.is_file() or path.suffix.lower() not in extensions:
+            skipped.append(path)
+        elif path.stem in found:
+            raise DataError(
+                f"{found[path.stem]} and {path} both give id '{path.stem}'; keep only one of them"
+            )
+        else:
+            found[path.stem] = path
+    return found, skipped
+
+
+def _read_classes(path: Path) -> tuple[tuple[str, ...], int | None]:
+    """Class names and the optional ``ignore_index`` from ``classes.yaml``."""
+    hint = "it must look like 'names: [floor, wall, ...]' with an optional 'ignore_index: 255'"
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+        raise DataError(f"cannot parse {path}: {_one_line(e)}; {hint}") from e
+    names = data.get("names") if isinstance(data, dict) else None
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
+        raise DataError(f"{path} has no valid 'names' list (a non-empty list of strings); {hint}")
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise DataError(f"{path} lists class names more than once: {', '.join(duplicates)}; make them unique")
+    ignore_index = data.get("ignore_index")
+    if ignore_index is not None and (isinstance(ignore_index, bool) or not isinstance(ignore_index, int)):
+        raise DataError(f"{path}: ignore_index must be an integer, got {ignore_index!r}; {hint}")
+    return tuple(names), ignore_index
+
+
+def _open_image(path: Path) -> Image.Image:
+    """Decode the whole file now, so that a corrupt or truncated file fails here, naming itself."""
+    try:
+        image = Image.open(path)
+        image.load()
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise DataError(
+            f"cannot read {path}: {_one_line(e)}; the file is corrupt or not an image — "
+            "re-export or remove it"
+        ) from e
+    return image
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise DataError(f"cannot parse {path}: {_one_line(e)}; fix the JSON or remove the file") from e
+    if not isinstance(data, dict):
+        raise DataError(f"{path} must hold a JSON object, got {type(data).__name__}")
+    return data
+
+
+def _read_depth(path: Path) -> torch.Tensor:
+    """Depth in metres ``(1, H, W)``; anything that is not a positive finite distance becomes 0."""
+    if path.suffix.lower() == ".npy":
+        try:
+            array = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise DataError(f"cannot read {path}: {_one_line(e)}; save depth with numpy.save") from e
+        if array.ndim != 2 or not (
+            np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)
+        ):
+            raise DataError(
+                f"{path} holds a {array.dtype} array of shape {array.shape}; depth .npy files must be "
+                "float32 metres of shape (H, W)"
+            )
+        metres = array.astype(np.float32)
+    else:
+        image = _open_image(path)
+        if image.mode not in ("I;16", "I;16B", "I;16L", "I"):
+            raise DataError(
+                f"{path} is a mode-{image.mode} PNG; depth PNGs must be 16-bit millimetres (uint16) — "
+                f"or save float metres as {path.with_suffix('.npy').name}"
+            )
+        metres = np.asarray(image).astype(np.float32) / 1000.0
+    metres[~np.isfinite(metres) | (metres <= 0)] = 0.0
+    return torch.from_numpy(metres)[None]
+
+
+def _read_semseg(path: Path, num_classes: int, ignore_index: int) -> torch.Tensor:
+    """Class ids ``(H, W)`` long, refusing ids that ``classes.yaml`` does not declare."""
+    image = _open_image(path)
+    if image.mode not in ("L", "P"):
+        raise DataError(
+            f"{path} is a mode-{image.mode} PNG; semseg PNGs must hold one class id per pixel "
+            "(mode L or P) — "
+            "convert colour masks to class ids"
+        )
+    ids = np.asarray(image)
+    present = np.flatnonzero(np.bincount(ids.ravel()))
+    bad = present[(present >= num_classes) & (present != ignore_index)]
+    if bad.size:
+        shown = ", ".join(str(v) for v in bad[:8]) + (", ..." if bad.size > 8 else "")
+        raise DataError(
+            f"{path} contains class ids {shown} outside 0..{num_classes - 1} (ignore_index {ignore_index} "
+            "marks unlabelled pixels); add the classes to classes.yaml or relabel those pixels"
+        )
+    return torch.from_numpy(ids.astype(np.int64))
+
+
+def _read_boxes(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
+    hint = 'it must look like {"boxes": [[x0, y0, x1, y1], ...], "labels": [class_id, ...]} in pixels'
+    data = _read_json(path)
+    try:
+        boxes = torch.tensor(data.get("boxes", []), dtype=torch.float32).reshape(-1, 4)
+        labels = torch.tensor(data.get("labels", []), dtype=torch.int64).reshape(-1)
+    except (TypeError, ValueError, RuntimeError) as e:
+        raise DataError(f"{path} is malformed ({_one_line(e)}); {hint}") from e
+    if len(boxes) != len(labels):
+        raise DataError(f"{path} has {len(boxes)} boxes but {len(labels)} labels; {hint}")
+    if not torch.isfinite(boxes).all() or (boxes[:, 2:] < boxes[:, :2]).any() or (labels < 0).any():
+        raise DataError(
+            f"{path} has a non-finite box, a box with x1 < x0 or y1 < y0, or a negative label; {hint}"
+        )
+    return boxes, labels
+
+
+def _read_meta(path: Path) -> tuple[str | None, torch.Tensor | None]:
+    """``(domain, intrinsics)`` from a meta file."""
+    data = _read_json(path)
+    domain = data.get("domain")
+    if domain is not None and not isinstance(domain, str):
+        raise DataError(f"{path}: 'domain' must be a string, got {domain!r}")
+    intrinsics = data.get("intrinsics")
+    if intrinsics is not None:
+        try:
+            intrinsics = torch.tensor(intrinsics, dtype=torch.float32)
+        except (TypeError, ValueError) as e:
+            raise DataError(f"{path}: 'intrinsics' must be a 3x3 list of numbers ({_one_line(e)})") from e
+        if intrinsics.shape != (3, 3):
+            raise DataError(
+                f"{path}: 'intrinsics' must be a 3x3 list of numbers, got shape {tuple(intrinsics.shape)}"
+            )
+    return domain, intrinsics
+
+
+class _StackedTeacherOutputs:
+    """Indexes ``{teacher: {task: (N, C, h, w)}}`` per sample; a class so DataLoader workers can pickle it."""
+
+    def __init__(self, outputs: Mapping[str, Mapping[str, torch.Tensor]]):
+        self.outputs = outputs
+
+    def __call__(self, index: int) -> TeacherMaps:
+        return {name: {task: t[index] for task, t in maps.items()} for name, maps in self.outputs.items()}
+
+
+class FolderDataset(torch.utils.data.Dataset):
+    """Images with any subset of labels from the folder layout above; see the module docstring.
+
+    ``image_size`` (``int`` or ``(h, w)``) resizes every sample before ``transform`` so samples of
+    different sizes can be batched. ``transform`` is called as ``transform(sample, rng)`` with
+    ``rng = numpy.random.default_rng([seed, epoch, index])``, so augmentation is reproducible; call
+    :meth:`set_epoch` before each epoch (with ``persistent_workers=False``, so workers see it).
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        tasks: Sequence[str] = TASKS,
+        *,
+        transform: Callable[[dict, np.random.Generator], dict] | None = None,
+        ignore_index: int | None = None,
+        num_classes: int | None = None,
+        seed: int = 0,
+        image_size: int | Sequence[int] | None = None,
+    ):
+        self.root = Path(root)
+        self.tasks = (tasks,) if isinstance(tasks, str) else tuple(tasks)
+        unknown = [t for t in self.tasks if t not in TASKS]
+        if unknown:
+            raise DataError(
+                f"FolderDataset cannot read task(s) {', '.join(unknown)}; it reads {', '.join(TASKS)}"
+            )
+        if not self.root.is_dir():
+            raise DataError(f"dataset folder {self.root} does not exist; check the dataset root path")
+        if not (self.root / "images").is_dir():
+            raise DataError(
+                f"{self.root} has no images/ folder; put the input images in {self.root / 'images'}"
+            )
+        self.transform = transform
+        self.seed = seed
+        self._epoch = 0
+        self._resize = None if image_size is None else Resize(image_size)
+        self._teacher_source: Callable[[int], TeacherMaps] | None = None
+        images, skipped = _list_folder(self.root / "images", IMAGE_EXTENSIONS)
+        if not images:
+            raise DataError(f"{self.root / 'images'} holds no .png/.jpg/.jpeg images")
+        self._read_class_info(ignore_index, num_classes)
+        self._ids = tuple(sorted(images))
+        self._images = images
+        self._labels: dict[str, dict[str, Path]] = {}
+        for folder in (*self.tasks, "boxes", "meta"):
+            files, unused = _list_folder(self.root / folder, LABEL_EXTENSIONS[folder])
+            self._labels[folder] = {i: p for i, p in files.items() if i in images}
+            skipped += unused + [p for i, p in files.items() if i not in images]
+        if skipped:
+            shown = ", ".join(str(p.relative_to(self.root)) for p in skipped[:5])
+            warnings.warn(
+                f"{self.root}: ignoring {len(skipped)} file(s) that match no image or have an unsupported "
+                f"extension: {shown}{', ...' if len(skipped) > 5 else ''}",
+                stacklevel=2,
+            )
+
+    def _read_class_info(self, ignore_index: int | None, num_classes: int | None) -> None:
+        path = self.root / "classes.yaml"
+        if path.is_file():
+            names, yaml_ignore = _read_classes(path)
+        elif "semseg" in self.tasks:
+            raise DataError(
+                f"{path} is missing; semantic segmentation needs it: write 'names: [floor, wall, ...]' "
+                "(and optionally 'ignore_index: 255')"
+            )
+        else:
+            names, yaml_ignore = (), None
+        if num_classes is not None and names and num_classes != len(names):
+            raise DataError(f"{path} lists {len(names)} classes but num_classes={num_classes} was requested")
+        self._class_names = names
+        self._num_classes = num_classes if num_classes is not None else (len(names) or None)
+        self._ignore_index = next(
+            i for i in (ignore_index, yaml_ignore, DEFAULT_IGNORE_INDEX) if i is not None
+        )
+        if self._num_classes is not None and 0 <= self._ignore_index < self._num_classes:
+            raise DataError(
+                f"ignore_index {self._ignore_index} is a class id (0..{self._num_classes - 1}); "
+                f"choose a value outside that range in {path}"
+            )
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self._class_names
+
+    @property
+    def num_classes(self) -> int | None:
+        return self._num_classes
+
+    @property
+    def ignore_index(self) -> int:
+        return self._ignore_index
+
+    @property
+    def ids(self) -> tuple[str, ...]:
+        return self._ids
+
+    def label_counts(self) -> dict[str, int]:
+        """``{task: number of images with that label}``, from the files present (contents unchecked)."""
+        return {task: len(self._labels[task]) for task in self.tasks}
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the augmentation stream; each epoch sees a different, reproducible augmentation."""
+        if epoch < 0:
+            raise DataError(f"epoch must be >= 0, got {epoch}")
+        self._epoch = int(epoch)
+
+    def attach_teacher_outputs(
+        self, source: Callable[[int], TeacherMaps] | Mapping[str, Mapping[str, torch.Tensor]]
+    ) -> None:
+        """Join precomputed teacher maps to every sample *before* augmentation, so they move with the image.
+
+        ``source`` is a callable ``(index) -> {teacher: {task: (C, h, w)}}`` (picklable, for workers), or
+        ``{teacher: {task: (N, C, h, w)}}`` with ``N = len(self)``. Maps are resized bilinearly to the
+        image grid, so every geometric transform applies to them exactly.
+        """
+        if not callable(source):
+            for name, maps in source.items():
+                for task, t in maps.items():
+                    if len(t) != len(self):
+                        raise DataError(
+                            f"teacher outputs '{name}/{task}' hold {len(t)} maps but the dataset has "
+                            f"{len(self)} images"
+                        )
+            source = _StackedTeacherOutputs(source)
+        self._teacher_source = source
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def __getitem__(self, index: int) -> dict:
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"index {index} out of range for a dataset of {len(self)} images")
+        index = int(index) % len(self)
+        sample_id = self._ids[index]
+        pil_image = _open_image(self._images[sample_id]).convert("RGB")
+        image = F.to_dtype(F.pil_to_tensor(pil_image), torch.float32, scale=True)
+        size = tuple(image.shape[-2:])
+        sample = {"image": image, "targets": {}, "valid": {}, "meta": self._meta(sample_id, index)}
+        for task in self.tasks:
+            path = self._labels[task].get(sample_id)
+            target = self._read_target(task, path, size) if path else self._placeholder(task, size)
+            sample["targets"][task] = target
+            sample["valid"][task] = path is not None
+        if self._resize is not None:
+            sample = self._resize(sample)
+        if self._teacher_source is not None:
+            sample["teacher"] = self._teacher_maps(index, tuple(sample["image"].shape[-2:]))
+        if self.transform is not None:
+            sample = self.transform(sample, np.random.default_rng([self.seed, self._epoch, index]))
+        return sample
+
+    def _read_target(self, task: str, path: Path, size: tuple[int, int]) -> torch.Tensor:
+        target = (
+            _read_depth(path)
+            if task == "depth"
+            else _read_semseg(path, self._num_classes, self._ignore_index)
+        )
+        if tuple(target.shape[-2:]) != size:
+            raise DataError(
+                f"{path} is {target.shape[-2]}x{target.shape[-1]} but {self._images[path.stem]} is "
+                f"{size[0]}x{size[1]} (HxW); labels must be pixel-aligned with their image"
+            )
+        return target
+
+    def _placeholder(self, task: str, size: tuple[int, int]) -> torch.Tensor:
+        if task == "depth":
+            return torch.zeros(1, *size)
+        return torch.full(size, self._ignore_index, dtype=torch.int64)
+
+    def _meta(self, sample_id: str, index: int) -> dict:
+        boxes_path = self._labels["boxes"].get(sample_id)
+        meta_path = self._labels["meta"].get(sample_id)
+        no_boxes = (torch.zeros(0, 4), torch.zeros(0, dtype=torch.int64))
+        boxes, labels = _read_boxes(boxes_path) if boxes_path else no_boxes
+        domain, intrinsics = _read_meta(meta_path) if meta_path else (None, None)
+        return {
+            "id": sample_id,
+            "index": index,
+            "domain": domain,
+            "intrinsics": intrinsics,
+            "boxes": boxes,
+            "box_labels": labels,
+        }
+
+    def _teacher_maps(self, index: int, size: tuple[int, int]) -> TeacherMaps:
+        maps = self._teacher_source(index)
+        out: TeacherMaps = {}
+        for name, per_task in maps.items():
+            out[name] = {}
+            for task, t in per_task.items():
+                if not isinstance(t, torch.Tensor) or t.ndim != 3:
+                    raise DataError(
+                        f"teacher output '{name}/{task}' for index {index} must be a (C, h, w) tensor"
+                    )
+                t = t.float()
+                if tuple(t.shape[-2:]) != size:
+                    t = F.resize(t, list(size), interpolation=InterpolationMode.BILINEAR, antialias=True)
+                out[name][task] = t
+        return out

@@ -1,0 +1,203 @@
+"""Paired geometric augmentation: one random draw moves the image, every dense map and the boxes together.
+
+A transform is a callable ``(sample, rng) -> sample`` on the sample dict described in
+:mod:`polydistill.data.folder`. It resamples ``image``, every ``targets[task]`` and every
+``teacher[name][task]`` on the same grid, and keeps ``meta["boxes"]`` and ``meta["intrinsics"]``
+consistent with it, so a flipped or cropped sample still describes the same scene. All randomness
+comes from the ``rng`` argument (a :class:`numpy.random.Generator`), which makes augmentation
+reproducible per (seed, epoch, index).
+
+Coordinate conventions: boxes use pixel *edges* (``x`` from 0 to ``W``); intrinsics use pixel
+*centres* at integer coordinates (OpenCV), so a resize by ``s`` maps ``cx`` to ``(cx + 0.5) * s - 0.5``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import numpy as np
+import torch
+from torchvision.transforms.v2 import InterpolationMode
+from torchvision.transforms.v2 import functional as F
+
+from ..errors import DataError
+
+#: Targets resampled with nearest neighbour: blending class ids would invent classes, and blending
+#: depth across an object edge would invent a surface floating between the two. A new task whose
+#: targets must not be blended adds its name here; every other target is resampled bilinearly.
+NEAREST_TARGETS: set[str] = {"semseg", "depth"}
+
+
+def interpolation_for(group: str, task: str | None = None) -> InterpolationMode:
+    """How to resample a dense map: ``group`` is ``"image"``, ``"target"`` or ``"teacher"``.
+
+    Teacher maps are always bilinear: they are logits or continuous predictions, not labels.
+    """
+    if group == "target" and task in NEAREST_TARGETS:
+        return InterpolationMode.NEAREST_EXACT
+    return InterpolationMode.BILINEAR
+
+
+def _pair(size: int | Sequence[int]) -> tuple[int, int]:
+    """``int`` -> square ``(size, size)``; ``(h, w)`` -> itself; both must be positive."""
+    h, w = (size, size) if isinstance(size, int) else tuple(size)
+    if h < 1 or w < 1:
+        raise DataError(f"image size must be positive, got {size!r}; give an int or (height, width)")
+    return int(h), int(w)
+
+
+def _map_dense(sample: dict, fn: Callable[[torch.Tensor, InterpolationMode], torch.Tensor]) -> dict:
+    """Apply ``fn(map, interpolation)`` to the image and every dense map; returns a new sample."""
+    size = sample["image"].shape[-2:]
+
+    def apply(t: torch.Tensor, mode: InterpolationMode, what: str) -> torch.Tensor:
+        if t.shape[-2:] != size:
+            raise DataError(
+                f"{what} is {tuple(t.shape[-2:])} but the image is {tuple(size)}; every dense map must "
+                "share the image grid before augmentation"
+            )
+        # (H, W) label maps get a channel axis for torchvision and lose it again afterwards.
+        return fn(t[None], mode)[0] if t.ndim == 2 else fn(t, mode)
+
+    out = dict(sample)
+    out["image"] = fn(sample["image"], interpolation_for("image"))
+    out["targets"] = {
+        task: apply(t, interpolation_for("target", task), f"target '{task}'")
+        for task, t in sample.get("targets", {}).items()
+    }
+    if "teacher" in sample:
+        out["teacher"] = {
+            name: {
+                task: apply(t, interpolation_for("teacher", task), f"teacher map '{name}/{task}'")
+                for task, t in maps.items()
+            }
+            for name, maps in sample["teacher"].items()
+        }
+    return out
+
+
+def _map_geometry(
+    sample: dict,
+    boxes_fn: Callable[[torch.Tensor], torch.Tensor],
+    intrinsics_fn: Callable[[torch.Tensor], torch.Tensor],
+) -> dict:
+    """Update boxes (dropping those left without area) and intrinsics in ``meta``, if present."""
+    meta = dict(sample.get("meta", {}))
+    if meta.get("intrinsics") is not None:
+        meta["intrinsics"] = intrinsics_fn(meta["intrinsics"])
+    if meta.get("boxes") is not None:
+        boxes = boxes_fn(meta["boxes"])
+        keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+        meta["boxes"] = boxes[keep]
+        meta["box_labels"] = meta["box_labels"][keep]
+    return {**sample, "meta": meta}
+
+
+def _resize(sample: dict, size: tuple[int, int]) -> dict:
+    h0, w0 = sample["image"].shape[-2:]
+    h, w = size
+    sy, sx = h / h0, w / w0
+    out = _map_dense(
+        sample,
+        lambda t, mode: F.resize(t, [h, w], interpolation=mode, antialias=mode == InterpolationMode.BILINEAR),
+    )
+    scale = torch.tensor([sx, sy, sx, sy])
+    affine = torch.tensor([[sx, 0.0, 0.5 * sx - 0.5], [0.0, sy, 0.5 * sy - 0.5], [0.0, 0.0, 1.0]])
+    return _map_geometry(out, lambda b: b * scale, lambda k: affine.to(k) @ k)
+
+
+def _crop(sample: dict, top: int, left: int, height: int, width: int) -> dict:
+    out = _map_dense(sample, lambda t, mode: F.crop(t, top, left, height, width))
+    shift = torch.tensor([left, top, left, top], dtype=torch.float32)
+    limit = torch.tensor([width, height, width, height], dtype=torch.float32)
+    affine = torch.tensor([[1.0, 0.0, -left], [0.0, 1.0, -top], [0.0, 0.0, 1.0]])
+    return _map_geometry(
+        out, lambda b: torch.minimum((b - shift).clamp(min=0), limit), lambda k: affine.to(k) @ k
+    )
+
+
+def _hflip(sample: dict) -> dict:
+    width = sample["image"].shape[-1]
+    out = _map_dense(sample, lambda t, mode: F.horizontal_flip(t))
+
+    def flip_intrinsics(k: torch.Tensor) -> torch.Tensor:
+        k = k.clone()
+        k[0, 2] = width - 1 - k[0, 2]
+        return k
+
+    def flip_boxes(b: torch.Tensor) -> torch.Tensor:
+        return torch.stack([width - b[:, 2], b[:, 1], width - b[:, 0], b[:, 3]], dim=1)
+
+    return _map_geometry(out, flip_boxes, flip_intrinsics)
+
+
+class Resize:
+    """Deterministic resize to ``size`` (``int`` for square, or ``(height, width)``), e.g. for evaluation."""
+
+    def __init__(self, size: int | Sequence[int]):
+        self.size = _pair(size)
+
+    def __call__(self, sample: dict, rng: np.random.Generator | None = None) -> dict:
+        return _resize(sample, self.size)
+
+    def __repr__(self) -> str:
+        return f"Resize(size={self.size})"
+
+
+class RandomHorizontalFlip:
+    """Mirror left-right with probability ``p``; boxes become ``x0' = W - x1`` and ``cx' = W - 1 - cx``."""
+
+    def __init__(self, p: float = 0.5):
+        if not 0.0 <= p <= 1.0:
+            raise DataError(f"RandomHorizontalFlip p must be in [0, 1], got {p}")
+        self.p = p
+
+    def __call__(self, sample: dict, rng: np.random.Generator) -> dict:
+        return _hflip(sample) if rng.random() < self.p else sample
+
+    def __repr__(self) -> str:
+        return f"RandomHorizontalFlip(p={self.p})"
+
+
+class RandomScaleCrop:
+    """Zoom in by a random factor from ``scale``, then crop a random window of ``size`` (default: input size).
+
+    Zooming in only (never padding) means no fill value is ever invented for labels or depth. The
+    factor is raised where needed so the zoomed image always covers ``size``. Metric depth values are
+    unchanged: the crop is a narrower field of view, which ``intrinsics`` records (fx, fy grow).
+    """
+
+    def __init__(self, scale: Sequence[float] = (1.0, 1.5), size: int | Sequence[int] | None = None):
+        low, high = scale
+        if not 0 < low <= high:
+            raise DataError(f"RandomScaleCrop scale must be (low, high) with 0 < low <= high, got {scale!r}")
+        self.scale = (float(low), float(high))
+        self.size = None if size is None else _pair(size)
+
+    def __call__(self, sample: dict, rng: np.random.Generator) -> dict:
+        h0, w0 = sample["image"].shape[-2:]
+        height, width = self.size or (h0, w0)
+        factor = rng.uniform(*self.scale)
+        zoom_h = max(round(h0 * factor), height)
+        zoom_w = max(round(w0 * factor), width)
+        top = int(rng.integers(0, zoom_h - height + 1))
+        left = int(rng.integers(0, zoom_w - width + 1))
+        return _crop(_resize(sample, (zoom_h, zoom_w)), top, left, height, width)
+
+    def __repr__(self) -> str:
+        return f"RandomScaleCrop(scale={self.scale}, size={self.size})"
+
+
+class Compose:
+    """Apply transforms in order, all drawing from the same ``rng``."""
+
+    def __init__(self, transforms: Sequence[Callable[[dict, np.random.Generator], dict]]):
+        self.transforms = list(transforms)
+
+    def __call__(self, sample: dict, rng: np.random.Generator) -> dict:
+        for transform in self.transforms:
+            sample = transform(sample, rng)
+        return sample
+
+    def __repr__(self) -> str:
+        return f"Compose({self.transforms!r})"

@@ -1,0 +1,269 @@
+"""``polydistill demo``: the user's story, end to end, offline, on built-in ShapeScenes data.
+
+Strong single-task teachers were trained elsewhere on their own labelled data (here: a depth teacher
+and a segmentation teacher with larger backbones, trained once and cached by fingerprint). The user
+has many camera images with few labels and wants one small model. So the demo distills both teachers
+into one small student on the whole image pool (teacher targets plus the pool's few labels), trains a
+label-only student on the same pool's labels with the same budget, evaluates everything on a held-out
+test split and writes ``metrics.json``, ``report.md`` (with plots) and the student checkpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import resource
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import __version__
+from .config import load_config
+from .data import FolderDataset
+from .data.shapescenes import generate_split
+from .engine.checkpoint import find_checkpoint, load_spec, load_weights
+from .evaluation.delta_m import delta_m, retention
+from .evaluation.evaluate import evaluate, student_predictor
+from .evaluation.speed import count_parameters, measure_latency
+from .report import write_demo_report
+from .run import train_run
+from .students import build_student
+from .teachers import CheckpointTeacher
+
+#: bump when the generator or the training recipe changes, so cached data and teachers are rebuilt
+DEMO_CACHE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class Preset:
+    height: int
+    width: int
+    teacher_images: int  # per teacher (each teacher has its own labelled set)
+    pool_images: int
+    pool_label_fraction: float  # labelled share of the pool, split between depth-only and semseg-only
+    val_images: int
+    test_images: int
+    teacher_backbone: str
+    teacher_neck: int
+    teacher_steps: int
+    teacher_batch: int
+    student_backbone: str
+    student_neck: int
+    student_steps: int
+    student_batch: int
+    lr: float
+    teacher_lr: float
+
+
+PRESETS: dict[str, Preset] = {
+    "quick": Preset(
+        height=48, width=64, teacher_images=96, pool_images=128, pool_label_fraction=0.25, val_images=24,
+        test_images=32, teacher_backbone="resnet18", teacher_neck=64, teacher_steps=40, teacher_batch=8,
+        student_backbone="mobilenetv3_small_100", student_neck=48, student_steps=40, student_batch=8,
+        lr=3e-3, teacher_lr=2e-3,
+    ),
+    "default": Preset(
+        height=96, width=128, teacher_images=800, pool_images=2400, pool_label_fraction=0.10, val_images=200,
+        test_images=320, teacher_backbone="resnet18", teacher_neck=96, teacher_steps=700, teacher_batch=16,
+        student_backbone="mobilenetv3_small_100", student_neck=64, student_steps=700, student_batch=16,
+        lr=3e-3, teacher_lr=2e-3,
+    ),
+}
+
+TEACHER_TASKS = {"depth_teacher": "depth", "seg_teacher": "semseg"}
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("POLYDISTILL_CACHE", Path.home() / ".cache" / "polydistill"))
+
+
+def fingerprint(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _pool_labels(preset: Preset, seed: int) -> list[tuple[str, ...]]:
+    """Mostly unlabelled pool; the labelled share is split between depth-only and semseg-only images."""
+    n = preset.pool_images
+    labelled = int(round(n * preset.pool_label_fraction))
+    order = np.random.default_rng(seed).permutation(n)
+    labels: list[tuple[str, ...]] = [()] * n
+    for rank, i in enumerate(order[:labelled]):
+        labels[i] = ("depth",) if rank % 2 == 0 else ("semseg",)
+    return labels
+
+
+def generate_data(preset: Preset, seed: int, workers: int | None) -> tuple[dict[str, Path], str]:
+    """Generate (or reuse) the demo splits; returns their folders and the data fingerprint."""
+    params = {"v": DEMO_CACHE_VERSION, "h": preset.height, "w": preset.width, "seed": seed,
+              "teacher": preset.teacher_images, "pool": preset.pool_images, "frac": preset.pool_label_fraction,
+              "val": preset.val_images, "test": preset.test_images}
+    fp = fingerprint(params)
+    root = cache_root() / "data" / fp
+    all_labels = ("depth", "semseg", "boxes")
+    plan = {
+        "teacher_depth": (preset.teacher_images, ("depth",)),
+        "teacher_semseg": (preset.teacher_images, ("semseg",)),
+        "pool": (preset.pool_images, _pool_labels(preset, seed)),
+        "val": (preset.val_images, all_labels),
+        "test": (preset.test_images, all_labels),
+    }
+    splits = {}
+    for i, (name, (count, labels)) in enumerate(plan.items()):
+        splits[name] = generate_split(root / name, count, seed=seed * 100 + i, height=preset.height,
+                                      width=preset.width, labels=labels, workers=workers, id_prefix=f"{name}_")
+    return splits, fp
+
+
+def _base_config(preset: Preset, train: Path, val: Path, *, tasks: dict, backbone: str, neck: int,
+                 steps: int, batch: int, lr: float, seed: int, progress: bool) -> dict[str, Any]:
+    return {
+        "data": {"train": str(train), "val": str(val), "height": preset.height, "width": preset.width,
+                 "batch_size": batch, "augment": {"hflip": 0.5, "scale": [1.0, 1.25]}},
+        "tasks": tasks,
+        "student": {"backbone": backbone, "neck_channels": neck},
+        "train": {"max_steps": steps, "lr": lr, "warmup_steps": max(1, steps // 20), "seed": seed,
+                  "val_every": max(1, steps // 4), "progress": progress},
+    }
+
+
+def train_teachers(preset: Preset, splits: dict[str, Path], data_fp: str, seed: int, progress: bool,
+                   log) -> dict[str, Path]:
+    """Train (or reuse) one single-task teacher per task on its own labelled set, cached by fingerprint."""
+    paths = {}
+    for name, task in TEACHER_TASKS.items():
+        cfg = _base_config(
+            preset, splits[f"teacher_{task}"], splits["val"], tasks={task: {}}, backbone=preset.teacher_backbone,
+            neck=preset.teacher_neck, steps=preset.teacher_steps, batch=preset.teacher_batch, lr=preset.teacher_lr,
+            seed=seed, progress=progress,
+        )
+        fp = fingerprint({"v": DEMO_CACHE_VERSION, "data": data_fp, "cfg": cfg | {"data": None}})
+        run_dir = cache_root() / "teachers" / f"{name}-{fp}"
+        if (run_dir / "DONE").exists():
+            log(f"teacher '{name}': cached at {run_dir}")
+        else:
+            log(f"teacher '{name}': training a {preset.teacher_backbone} {task} model ({preset.teacher_steps} steps)")
+            shutil.rmtree(run_dir, ignore_errors=True)
+            train_run(load_config(base=cfg), run_dir)
+            (run_dir / "DONE").write_text("ok\n")
+        paths[name] = run_dir
+    return paths
+
+
+def _load_student(run_dir: Path):
+    ckpt = find_checkpoint(run_dir)
+    model, tasks = build_student(load_spec(ckpt))
+    load_weights(model, ckpt)
+    return model.eval(), tasks
+
+
+def run_demo(out: str | Path, preset_name: str = "default", *, seed: int = 0, workers: int | None = None,
+             progress: bool = True, log=print) -> dict[str, Any]:
+    preset = PRESETS[preset_name]
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    timings: dict[str, float] = {}
+
+    log(f"[1/5] ShapeScenes data at {preset.height}x{preset.width}")
+    splits, data_fp = generate_data(preset, seed, workers)
+    timings["data_s"] = time.perf_counter() - t0
+
+    log("[2/5] single-task teachers (trained once, then cached)")
+    t = time.perf_counter()
+    teacher_runs = train_teachers(preset, splits, data_fp, seed, progress, log)
+    timings["teachers_s"] = time.perf_counter() - t
+
+    tasks_cfg = {"depth": {}, "semseg": {}}
+    common = dict(tasks=tasks_cfg, backbone=preset.student_backbone, neck=preset.student_neck,
+                  steps=preset.student_steps, batch=preset.student_batch, lr=preset.lr, seed=seed, progress=progress)
+
+    log(f"[3/5] distilling both teachers into a {preset.student_backbone} student on {preset.pool_images} pool images")
+    t = time.perf_counter()
+    student_cfg = _base_config(preset, splits["pool"], splits["val"], **common)
+    student_cfg["teachers"] = [{"name": n, "source": "checkpoint", "path": str(p)} for n, p in teacher_runs.items()]
+    shutil.rmtree(out / "student", ignore_errors=True)
+    train_run(load_config(base=student_cfg), out / "student")
+    timings["distill_s"] = time.perf_counter() - t
+
+    log("[4/5] label-only student: the pool's few labels, same budget")
+    t = time.perf_counter()
+    label_cfg = _base_config(preset, splits["pool"], splits["val"], **common)
+    label_cfg["data"]["labelled_only"] = True
+    shutil.rmtree(out / "label_only", ignore_errors=True)
+    train_run(load_config(base=label_cfg), out / "label_only")
+    timings["label_only_s"] = time.perf_counter() - t
+
+    log(f"[5/5] evaluating on {preset.test_images} held-out test images")
+    t = time.perf_counter()
+    metrics = evaluate_demo(preset, splits, teacher_runs, out)
+    timings["eval_s"] = time.perf_counter() - t
+    metrics["timings"] = timings
+    metrics["wall_s"] = time.perf_counter() - t0
+    metrics["memory"] = {
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_children_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
+    }
+    metrics["preset"] = {"name": preset_name, **asdict(preset)}
+    metrics["data"] = {name: {"folder": str(p), **FolderDataset(p, ("depth", "semseg")).label_counts(),
+                              "images": len(FolderDataset(p, ("depth", "semseg")))} for name, p in splits.items()}
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    write_demo_report(out, metrics, splits["test"], teacher_runs)
+    return metrics
+
+
+def evaluate_demo(preset: Preset, splits: dict[str, Path], teacher_runs: dict[str, Path], out: Path) -> dict[str, Any]:
+    test = FolderDataset(splits["test"], ("depth", "semseg"), image_size=(preset.height, preset.width))
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    results: dict[str, Any] = {"teachers": {}}
+    teachers = {name: CheckpointTeacher(name, path) for name, path in teacher_runs.items()}
+    for name, teacher in teachers.items():
+        teacher_tasks = {t: teacher.task_objects[t] for t in teacher.tasks}
+        results["teachers"][name] = evaluate(teacher.to(device).predict, teacher_tasks, test, device=device)
+    students = {}
+    for key in ("student", "label_only"):
+        model, tasks = _load_student(out / key)
+        students[key] = (model, tasks)
+        results[key] = evaluate(student_predictor(model.to(device), tasks), tasks, test, device=device)
+
+    tasks = students["student"][1]
+    directions = {t: type(task).metric_directions for t, task in tasks.items()}
+    primary = {t: type(task).primary_metric for t, task in tasks.items()}
+    baseline = {TEACHER_TASKS[n]: results["teachers"][n][TEACHER_TASKS[n]] for n in teachers}
+    core = {k: {t: {m: v for m, v in results[k][t].items() if m in directions[t]} for t in tasks}
+            for k in ("student", "label_only")}
+    base_core = {t: {m: v for m, v in baseline[t].items() if m in directions[t]} for t in tasks}
+    results["delta_m_vs_teachers"] = delta_m(core["student"], base_core, directions, convention="primary", primary=primary)
+    results["delta_m_label_only_vs_teachers"] = delta_m(core["label_only"], base_core, directions,
+                                                         convention="primary", primary=primary)
+    results["delta_m"] = {
+        "baseline": "each task's single-task teacher on the test split",
+        "convention": "primary (one primary metric per task: depth abs_rel, semseg miou; averaged over tasks)",
+        "other_conventions": {
+            who: {conv: delta_m(core[who], base_core, directions, convention=conv, primary=primary)
+                  for conv in ("task_avg", "flat")} for who in core
+        },
+    }
+    results["retention"] = {who: retention(core[who], base_core, directions) for who in core}
+
+    # batch-1 latency of the student against the teachers together, same runtime, interleaved rounds
+    student_model = students["student"][0].to(device)
+    models = {"student": student_model, **{n: t.model.to(device) for n, t in teachers.items()}}
+    for m in models.values():
+        m.eval()
+    ms = measure_latency(models, (preset.height, preset.width), device=device)
+    teachers_ms = sum(ms[n] for n in teachers)
+    results["speed"] = {
+        "student_ms": ms["student"], "teachers_ms": teachers_ms, "ratio": teachers_ms / ms["student"],
+        "per_teacher_ms": {n: ms[n] for n in teachers}, "batch": 1, "image_size": [preset.height, preset.width],
+        "runtime": f"PyTorch {torch.__version__} eager, {device}, {torch.get_num_threads()} threads",
+        "student_params": count_parameters(student_model),
+        "teacher_params": {n: count_parameters(t.model) for n, t in teachers.items()},
+    }
+    results["version"] = __version__
+    return results

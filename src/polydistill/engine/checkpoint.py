@@ -1,0 +1,150 @@
+"""Checkpoints: safetensors weights + JSON state, written atomically, enough to resume exactly.
+
+Layout of one checkpoint directory::
+
+    model.safetensors     student weights (what `eval`, `predict` and teachers load)
+    model.json            the model spec (tasks and architecture) to rebuild the network
+    training.safetensors  optimizer tensors and the torch RNG state (resume only)
+    state.json            step, epoch, scheduler, weighting, optimizer scalars, RNG states, metrics
+
+A checkpoint is first written to a temporary sibling directory and then renamed into place, so an
+interrupted write never leaves a half-written checkpoint under the final name.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from ..errors import PolydistillError
+
+MODEL_FILE = "model.safetensors"
+SPEC_FILE = "model.json"
+TRAINING_FILE = "training.safetensors"
+STATE_FILE = "state.json"
+
+
+def _split_tensors(obj: Any, prefix: str, tensors: dict[str, torch.Tensor]) -> Any:
+    """Replace every tensor in a nested structure by a key into ``tensors`` (JSON-able remainder)."""
+    if isinstance(obj, torch.Tensor):
+        key = f"{prefix}"
+        tensors[key] = obj.detach().cpu().contiguous()
+        return {"__tensor__": key}
+    if isinstance(obj, dict):
+        return {"__dict__": [[k, _split_tensors(v, f"{prefix}.{k}", tensors)] for k, v in obj.items()]}
+    if isinstance(obj, (list, tuple)):
+        return [_split_tensors(v, f"{prefix}.{i}", tensors) for i, v in enumerate(obj)]
+    return obj
+
+
+def _join_tensors(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    if isinstance(obj, dict) and "__tensor__" in obj:
+        return tensors[obj["__tensor__"]]
+    if isinstance(obj, dict) and "__dict__" in obj:
+        return {k: _join_tensors(v, tensors) for k, v in obj["__dict__"]}
+    if isinstance(obj, list):
+        return [_join_tensors(v, tensors) for v in obj]
+    return obj
+
+
+def rng_state() -> dict[str, Any]:
+    """Global Python and NumPy RNG states in JSON form (torch's goes to safetensors)."""
+    name, keys, pos, has_gauss, gauss = np.random.get_state(legacy=True)
+    return {"python": random.getstate(), "numpy": [name, keys.tolist(), pos, has_gauss, gauss]}
+
+
+def set_rng_state(state: dict[str, Any], torch_state: torch.Tensor | None) -> None:
+    py = state["python"]
+    random.setstate((py[0], tuple(py[1]), py[2]))
+    name, keys, pos, has_gauss, gauss = state["numpy"]
+    np.random.set_state((name, np.asarray(keys, dtype=np.uint32), pos, has_gauss, gauss))
+    if torch_state is not None:
+        torch.set_rng_state(torch_state)
+
+
+def save_checkpoint(directory: str | Path, *, model: nn.Module, spec: dict[str, Any],
+                    optimizer: torch.optim.Optimizer | None = None, state: dict[str, Any] | None = None) -> Path:
+    """Atomically write a checkpoint directory (see module docstring)."""
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = directory.parent / f".tmp-{directory.name}-{uuid.uuid4().hex[:8]}"
+    tmp.mkdir()
+    try:
+        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp / MODEL_FILE))
+        (tmp / SPEC_FILE).write_text(json.dumps(spec, indent=2))
+        full_state = dict(state or {})
+        tensors: dict[str, torch.Tensor] = {"rng.torch": torch.get_rng_state()}
+        if optimizer is not None:
+            full_state["optimizer"] = _split_tensors(optimizer.state_dict(), "optimizer", tensors)
+        full_state["rng"] = rng_state()
+        save_file(tensors, str(tmp / TRAINING_FILE))
+        (tmp / STATE_FILE).write_text(json.dumps(full_state, indent=2))
+        for f in tmp.iterdir():  # make the data durable before the rename publishes it
+            with open(f, "rb") as fh:
+                os.fsync(fh.fileno())
+        old = None
+        if directory.exists():
+            old = directory.parent / f".old-{directory.name}-{uuid.uuid4().hex[:8]}"
+            directory.rename(old)
+        tmp.rename(directory)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return directory
+
+
+def find_checkpoint(path: str | Path) -> Path:
+    """Accept a checkpoint dir, a run dir (uses ``checkpoints/best`` then ``last``) or a weights file."""
+    path = Path(path)
+    if path.is_file() and path.name == MODEL_FILE:
+        path = path.parent
+    candidates = [path, path / "checkpoints" / "best", path / "checkpoints" / "last"]
+    for c in candidates:
+        if (c / MODEL_FILE).is_file() and (c / SPEC_FILE).is_file():
+            return c
+    # a crash between the two renames of save_checkpoint leaves only the previous copy
+    for old in sorted(path.parent.glob(f".old-{path.name}-*")) if path.parent.exists() else []:
+        if (old / MODEL_FILE).is_file():
+            return old
+    raise PolydistillError(
+        f"no polydistill checkpoint at '{path}': expected {MODEL_FILE} and {SPEC_FILE} in it "
+        "or in its checkpoints/best or checkpoints/last folder"
+    )
+
+
+def load_spec(directory: str | Path) -> dict[str, Any]:
+    return json.loads((Path(directory) / SPEC_FILE).read_text())
+
+
+def load_weights(model: nn.Module, directory: str | Path) -> None:
+    """Load weights strictly (a mismatch means the spec and weights disagree)."""
+    state = load_file(str(Path(directory) / MODEL_FILE))
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise PolydistillError(
+            f"checkpoint '{directory}' does not match its model spec: missing {list(missing)[:3]}, "
+            f"unexpected {list(unexpected)[:3]}"
+        )
+
+
+def load_training_state(directory: str | Path, optimizer: torch.optim.Optimizer | None) -> dict[str, Any]:
+    """Restore optimizer and RNG state; return the JSON state (step, epoch, scheduler, ...)."""
+    directory = Path(directory)
+    state = json.loads((directory / STATE_FILE).read_text())
+    tensors = load_file(str(directory / TRAINING_FILE))
+    if optimizer is not None and "optimizer" in state:
+        optimizer.load_state_dict(_join_tensors(state["optimizer"], tensors))
+    set_rng_state(state["rng"], tensors.get("rng.torch"))
+    return state

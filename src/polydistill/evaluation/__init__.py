@@ -1,0 +1,1 @@
+"""Evaluation: split-level metrics, Δm against an explicit baseline, retention, speed."""

@@ -1,0 +1,55 @@
+"""Name → component registries with did-you-mean errors.
+
+Configs refer to components by name (``backbone: mobilenetv3_small_100``, ``weighting: static``), never
+by import path, so a config cannot execute code and every name has a documented owner.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Callable, Iterator
+from typing import Generic, TypeVar
+
+from .errors import ConfigError
+
+T = TypeVar("T")
+
+
+def did_you_mean(name: str, choices: list[str] | tuple[str, ...] | set[str]) -> str:
+    """Return ' — did you mean 'x'?' for the closest choice, or a list of choices."""
+    close = difflib.get_close_matches(name, sorted(choices), n=1, cutoff=0.5)
+    if close:
+        return f" — did you mean '{close[0]}'?"
+    return f" (choose from: {', '.join(sorted(choices))})"
+
+
+class Registry(Generic[T]):
+    """A named mapping from string keys to factories, filled by a decorator."""
+
+    def __init__(self, kind: str):
+        self.kind = kind
+        self._items: dict[str, T] = {}
+
+    def register(self, name: str | None = None) -> Callable[[T], T]:
+        def decorator(obj: T) -> T:
+            key = name or getattr(obj, "name", None) or obj.__name__  # type: ignore[attr-defined]
+            if key in self._items:
+                raise ValueError(f"{self.kind} '{key}' is registered twice")
+            self._items[key] = obj
+            return obj
+
+        return decorator
+
+    def get(self, name: str) -> T:
+        if name not in self._items:
+            raise ConfigError(f"unknown {self.kind} '{name}'{did_you_mean(name, self._items.keys())}")
+        return self._items[name]
+
+    def names(self) -> list[str]:
+        return sorted(self._items)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._items
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(sorted(self._items))

@@ -1,0 +1,150 @@
+"""The demo report: Markdown tables plus PNG plots (loss curves, validation curves, a sample grid)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+
+from .data import FolderDataset  # noqa: E402
+from .engine.logging import read_steps  # noqa: E402
+from .visualise import image_to_uint8, panel  # noqa: E402
+
+
+def _fmt(v: float) -> str:
+    return f"{v:.4f}" if abs(v) < 100 else f"{v:.1f}"
+
+
+def plot_loss_curves(runs: dict[str, Path], path: Path) -> None:
+    """Total loss per step for every run, and each loss term of the distilled student."""
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+    for name, run in runs.items():
+        rows = read_steps(run / "steps.csv")
+        axes[0].plot([r["step"] for r in rows], [r["loss"] for r in rows], label=name, lw=0.8)
+    axes[0].set(title="total training loss", xlabel="step", yscale="log")
+    axes[0].legend()
+    rows = read_steps(runs["student"] / "steps.csv")
+    for key in sorted({k for r in rows for k in r if k.startswith("loss/")}):
+        pts = [(r["step"], r[key]) for r in rows if key in r]
+        axes[1].plot(*zip(*pts), label=key[5:], lw=0.8)
+    axes[1].set(title="distilled student: loss terms L[task, source]", xlabel="step", yscale="log")
+    axes[1].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def plot_validation(runs: dict[str, Path], path: Path) -> None:
+    """Primary validation metrics over training (validation split, never the training images)."""
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+    for name, run in runs.items():
+        records = [json.loads(ln) for ln in (run / "val.jsonl").read_text().splitlines() if ln]
+        for ax, (task, metric) in zip(axes, (("depth", "abs_rel"), ("semseg", "miou"))):
+            pts = [(r["step"], r["metrics"][task][metric]) for r in records if task in r["metrics"]]
+            if pts:
+                ax.plot(*zip(*pts), marker="o", label=name)
+                ax.set(title=f"validation {task} {metric}", xlabel="step")
+    for ax in axes:
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+@torch.no_grad()
+def plot_samples(test_dir: Path, predictors: dict[str, tuple[Any, dict]], path: Path, image_size, count: int = 4) -> None:
+    """Grid: input, ground truth and every model's depth and segmentation for a few test images."""
+    data = FolderDataset(test_dir, ("depth", "semseg"), image_size=image_size)
+    columns: list[tuple[str, str, str]] = [("input", "", "")]
+    for task in ("depth", "semseg"):
+        columns.append((f"GT {task}", "gt", task))
+        columns += [(f"{who} {task}", who, task) for who, (_, tasks) in predictors.items() if task in tasks]
+    fig, axes = plt.subplots(count, len(columns), figsize=(1.6 * len(columns), 1.35 * count), squeeze=False)
+    for row in range(count):
+        sample = data[row * max(1, len(data) // count)]
+        image = sample["image"]
+        preds = {who: fn(image[None]) for who, (fn, _) in predictors.items()}
+        gt_depth = sample["targets"]["depth"]
+        valid = gt_depth[gt_depth > 0]
+        vmin, vmax = (float(valid.min()), float(valid.max())) if valid.numel() else (None, None)
+        for col, (title, who, task) in enumerate(columns):
+            ax = axes[row, col]
+            if who == "":
+                pic = image_to_uint8(image)
+            else:
+                tasks = predictors[who][1] if who != "gt" else predictors["student"][1]
+                value = sample["targets"][task] if who == "gt" else preds[who][task][0]
+                kw = {"vmin": vmin, "vmax": vmax} if task == "depth" else {}
+                pic = panel(tasks[task], value, image if task == "semseg" else None, **kw)
+            ax.imshow(pic)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if row == 0:
+                ax.set_title(title, fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _metric_table(metrics: dict[str, Any], task: str, keys: list[str]) -> list[str]:
+    rows = [f"| model | {' | '.join(keys)} |", "|---|" + "---:|" * len(keys)]
+    entries = [(f"teacher `{n}`", m[task]) for n, m in metrics["teachers"].items() if task in m]
+    entries += [("**distilled student**", metrics["student"][task]), ("label-only student", metrics["label_only"][task])]
+    for name, values in entries:
+        rows.append(f"| {name} | " + " | ".join(_fmt(values[k]) for k in keys) + " |")
+    return rows
+
+
+def write_demo_report(out: Path, metrics: dict[str, Any], test_dir: Path, teacher_runs: dict[str, Path]) -> Path:
+    from .demo import _load_student  # local import: demo imports this module
+    from .evaluation.evaluate import student_predictor
+    from .teachers import CheckpointTeacher
+
+    runs = {"student": out / "student", "label_only": out / "label_only", **teacher_runs}
+    plot_loss_curves(runs, out / "loss_curves.png")
+    plot_validation({k: runs[k] for k in ("student", "label_only")}, out / "validation.png")
+    predictors: dict[str, tuple[Any, dict]] = {}
+    for name, run in teacher_runs.items():
+        teacher = CheckpointTeacher(name, run)
+        predictors[name] = (teacher.predict, {t: teacher.task_objects[t] for t in teacher.tasks})
+    for who in ("student", "label_only"):
+        model, tasks = _load_student(out / who)
+        predictors[who] = (student_predictor(model, tasks), tasks)
+    size = tuple(metrics["speed"]["image_size"])
+    plot_samples(test_dir, predictors, out / "samples.png", size)
+
+    s = metrics["speed"]
+    classes = sorted(k for k in metrics["student"]["semseg"] if k.startswith("iou/"))
+    lines = [
+        "# polydistill demo report", "",
+        f"Preset `{metrics['preset']['name']}` at {size[0]}×{size[1]}; test split: "
+        f"{metrics['data']['test']['images']} held-out images (never used for training or model selection).", "",
+        "## Depth (test split)", "", *_metric_table(metrics, "depth", ["abs_rel", "rmse", "delta1"]), "",
+        "## Semantic segmentation (test split)", "", *_metric_table(metrics, "semseg", ["miou", "pixel_acc"]), "",
+        "### Per-class IoU", "", *_metric_table(metrics, "semseg", classes), "",
+        "## Multi-task summary", "",
+        f"- Δm of the distilled student vs the teachers: **{metrics['delta_m_vs_teachers']:+.2f} %** "
+        f"(label-only student: {metrics['delta_m_label_only_vs_teachers']:+.2f} %). "
+        f"Convention: {metrics['delta_m']['convention']}; baseline: {metrics['delta_m']['baseline']}.",
+        f"- Retention (student/teacher, ≥ 1 means at least as good): "
+        + ", ".join(f"{t}.{m} {v:.3f}" for t, ms in metrics["retention"]["student"].items() for m, v in ms.items()),
+        "", "## Speed and size", "",
+        f"Batch-1 latency, {s['runtime']}, median of interleaved rounds:", "",
+        "| model | params | latency (ms) |", "|---|---:|---:|",
+        f"| student | {s['student_params'] / 1e6:.2f} M | {s['student_ms']:.2f} |",
+        *[f"| {n} | {s['teacher_params'][n] / 1e6:.2f} M | {ms:.2f} |" for n, ms in s["per_teacher_ms"].items()],
+        "", f"Teachers together / student: **{s['ratio']:.1f}×** faster.", "",
+        "## Run", "",
+        f"Wall time {metrics['wall_s']:.0f} s (" + ", ".join(f"{k} {v:.0f}" for k, v in metrics["timings"].items())
+        + f"); peak memory {metrics['memory']['peak_rss_mb']:.0f} MiB.", "",
+        "![loss curves](loss_curves.png)", "", "![validation](validation.png)", "", "![samples](samples.png)", "",
+    ]
+    path = out / "report.md"
+    path.write_text("\n".join(lines))
+    return path

@@ -1,0 +1,145 @@
+"""Assemble and run one training job from a :class:`RunConfig` (what ``polydistill train`` does).
+
+The order matters for users: everything that can be checked cheaply (component names, data folders,
+teacher checkpoints, task/teacher consistency) is checked before any expensive work starts.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import Dataset, Subset
+
+from .config import RunConfig, save_config
+from .data import FolderDataset, build_train_transform
+from .distill import Objective
+from .distill.weighting import WEIGHTINGS, build_weighting
+from .engine.teacher_targets import precompute_teacher_outputs
+from .engine.trainer import FitResult, Trainer
+from .errors import ConfigError
+from .registry import did_you_mean
+from .students import build_student
+from .tasks import TASKS
+from .teachers import TEACHER_SOURCES, Teacher, build_teacher
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    fit: FitResult
+    spec: dict[str, Any]
+
+
+def resolve_task_options(cfg: RunConfig, dataset: FolderDataset) -> dict[str, dict[str, Any]]:
+    """Fill task options the data already knows (number and names of classes, ignore index)."""
+    tasks = {name: dict(opts) for name, opts in cfg.tasks.items()}
+    if "semseg" in tasks:
+        opts = tasks["semseg"]
+        if "num_classes" in opts and opts["num_classes"] != dataset.num_classes:
+            raise ConfigError(
+                f"tasks.semseg.num_classes is {opts['num_classes']} but {cfg.data.train}/classes.yaml lists "
+                f"{dataset.num_classes} classes; remove the option or fix classes.yaml"
+            )
+        opts.setdefault("num_classes", dataset.num_classes)
+        opts.setdefault("class_names", list(dataset.class_names))
+        opts.setdefault("ignore_index", dataset.ignore_index)
+    return tasks
+
+
+def model_spec(cfg: RunConfig, task_options: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """What rebuilds the network (stored beside every checkpoint); ``input_size`` is the training size."""
+    return {"tasks": task_options, **cfg.student.model_dump(), "input_size": [cfg.data.height, cfg.data.width]}
+
+
+def check_names(cfg: RunConfig) -> None:
+    """Fail fast on unknown component names, before data or models are touched."""
+    for name in cfg.tasks:
+        TASKS.get(name)
+    WEIGHTINGS.get(cfg.distill.weighting)
+    for t in cfg.teachers:
+        TEACHER_SOURCES.get(t.source)
+        for task in t.tasks or []:
+            if task not in cfg.tasks:
+                raise ConfigError(
+                    f"teacher '{t.name}' teaches '{task}', which is not a student task"
+                    f"{did_you_mean(task, list(cfg.tasks))}"
+                )
+    for key in list(cfg.distill.task_weights):
+        if key not in cfg.tasks:
+            raise ConfigError(f"distill.task_weights has unknown task '{key}'{did_you_mean(key, list(cfg.tasks))}")
+    names = [t.name for t in cfg.teachers]
+    for key in list(cfg.distill.teacher_weights):
+        if key not in names:
+            raise ConfigError(f"distill.teacher_weights has unknown teacher '{key}'{did_you_mean(key, names)}")
+
+
+def build_datasets(cfg: RunConfig) -> tuple[Dataset, FolderDataset, FolderDataset | None]:
+    """(training set as sampled, the un-augmented training folder, validation set)."""
+    size = (cfg.data.height, cfg.data.width)
+    tasks = tuple(cfg.tasks)
+    train = FolderDataset(cfg.data.train, tasks, transform=build_train_transform(cfg.data.augment),
+                          seed=cfg.train.seed, image_size=size)
+    plain = FolderDataset(cfg.data.train, tasks, image_size=size)
+    val = FolderDataset(cfg.data.val, tasks, image_size=size) if cfg.data.val else None
+    if val is not None and Path(cfg.data.val).resolve() == Path(cfg.data.train).resolve():
+        raise ConfigError("data.val is the training folder: validation must use images the student never trains on")
+    return train, plain, val
+
+
+def train_run(cfg: RunConfig, run_dir: str | Path, *, resume: bool = False,
+              stop_at_step: int | None = None) -> RunResult:
+    check_names(cfg)
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.train.threads:
+        torch.set_num_threads(cfg.train.threads)
+    torch.manual_seed(cfg.train.seed)
+
+    train_set, plain_train, val_set = build_datasets(cfg)
+    task_options = resolve_task_options(cfg, plain_train)
+    spec = model_spec(cfg, task_options)
+    model, tasks = build_student(spec)
+
+    teachers: list[Teacher] = [build_teacher(t) for t in cfg.teachers]
+    for teacher in teachers:
+        for task in teacher.tasks:
+            if task not in tasks:
+                raise ConfigError(
+                    f"teacher '{teacher.name}' predicts '{task}', which the student does not learn; set "
+                    f"teachers[].tasks to a subset of {list(tasks)}"
+                )
+    teachers_per_task = {t: [teacher.name for teacher in teachers if t in teacher.tasks] for t in tasks}
+
+    sampled: Dataset = train_set
+    if cfg.data.labelled_only:
+        keep = [i for i in range(len(plain_train)) if plain_train.has_any_label(i)]
+        sampled = Subset(train_set, keep)
+        sampled.set_epoch = train_set.set_epoch  # type: ignore[attr-defined]
+
+    online: list[Teacher] = []
+    if teachers and cfg.distill.precompute_teachers:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        store = precompute_teacher_outputs(teachers, plain_train, batch_size=cfg.data.batch_size * 2,
+                                           device=device, progress=cfg.train.progress)
+        train_set.attach_teacher_outputs(store)
+    else:
+        online = teachers
+
+    save_config(cfg, run_dir / "config.yaml")
+    trainer = Trainer(
+        model=model, spec=spec, tasks=tasks, objective=Objective(tasks, teachers_per_task),
+        weighting=build_weighting(cfg.distill), train_set=sampled, val_set=val_set, cfg=cfg.train,
+        batch_size=cfg.data.batch_size, num_workers=cfg.data.num_workers, run_dir=run_dir, online_teachers=online,
+    )
+    fit = trainer.fit(resume=resume, stop_at_step=stop_at_step)
+    summary = {
+        "steps": fit.steps, "best_step": fit.best_step, "best_metrics": fit.best_metrics,
+        "last_metrics": fit.last_metrics, "train_seconds": fit.train_seconds,
+        "samples_per_second": fit.samples_per_second,
+    }
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    return RunResult(run_dir=run_dir, fit=fit, spec=spec)

@@ -1,0 +1,93 @@
+"""The Task abstraction: everything about one kind of prediction, nothing about teachers or datasets.
+
+Conventions shared by every task (the engine and the objective rely on them):
+
+* The student's head for a task returns a *raw* tensor ``(B, C, H, W)`` at input resolution
+  (depth: log-metres, C=1; semseg: class logits, C=num_classes).
+* A target is a dense tensor per sample (depth ``(1, H, W)`` float metres with 0 = no measurement;
+  semseg ``(H, W)`` long with ``ignore_index`` for unlabelled pixels). A sample whose label is missing
+  altogether carries ``valid[task] = False`` and a placeholder target (see :meth:`Task.placeholder`),
+  which every loss and metric also masks out pixel-wise, so a missing label can never act as a zero.
+* A teacher output for a task lives in *task space* (depth: metres ``(B, 1, H, W)``; semseg: logits
+  ``(B, C, H, W)``), produced by the teacher adapter; :meth:`Task.distill_loss` compares the raw
+  student output with it.
+* Losses return one value per sample (shape ``(B,)``); the objective masks and averages them.
+* Metrics accumulate sufficient statistics over a whole split (confusion matrix, pooled sums), never
+  an average of per-batch averages.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import ClassVar
+
+import numpy as np
+import torch
+from torch import nn
+
+
+class Metric(ABC):
+    """Accumulates statistics over a split; ``compute`` returns ``{metric_name: value}``."""
+
+    @abstractmethod
+    def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
+        """Add a batch. ``pred`` is the task-space prediction (see ``Task.predict``)."""
+
+    @abstractmethod
+    def compute(self) -> dict[str, float]: ...
+
+    @abstractmethod
+    def state(self) -> dict[str, torch.Tensor]:
+        """Sufficient statistics as tensors, so that they can be summed across processes."""
+
+    @abstractmethod
+    def load_state(self, state: dict[str, torch.Tensor]) -> None: ...
+
+
+class Task(ABC):
+    """One kind of dense prediction: head, losses, metrics, visualiser."""
+
+    name: ClassVar[str]
+    #: metric name -> True when higher is better
+    metric_directions: ClassVar[dict[str, bool]]
+    #: the metric used for model selection, retention and the headline numbers
+    primary_metric: ClassVar[str]
+    #: whether targets are class labels (nearest-neighbour resampling) or continuous values
+    target_is_label: ClassVar[bool]
+
+    @property
+    @abstractmethod
+    def out_channels(self) -> int: ...
+
+    def build_head(self, in_channels: int, hidden: int | None = None) -> nn.Module:
+        """A light conv head on the neck's finest level; the student upsamples to input size."""
+        hidden = hidden or in_channels
+        return nn.Sequential(
+            nn.Conv2d(in_channels, hidden, 3, padding=1, bias=False),
+            nn.BatchNorm2d(hidden),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(hidden, self.out_channels, 1),
+        )
+
+    @abstractmethod
+    def predict(self, raw: torch.Tensor) -> torch.Tensor:
+        """Raw head output -> task-space prediction (depth metres; semseg logits)."""
+
+    @abstractmethod
+    def supervised_loss(self, raw: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Per-sample loss ``(B,)`` against ground truth; pixels without a label do not count."""
+
+    @abstractmethod
+    def distill_loss(self, raw: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+        """Per-sample loss ``(B,)`` against a teacher's task-space output."""
+
+    @abstractmethod
+    def new_metric(self) -> Metric: ...
+
+    @abstractmethod
+    def placeholder(self, height: int, width: int) -> torch.Tensor:
+        """The target stored for a sample whose label is missing (masked everywhere)."""
+
+    @abstractmethod
+    def visualise(self, value: torch.Tensor) -> np.ndarray:
+        """A task-space prediction or a target of one sample -> ``(H, W, 3)`` uint8 picture."""

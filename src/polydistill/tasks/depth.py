@@ -1,0 +1,225 @@
+"""Monocular depth: the head predicts log-metres, losses work in log space, metrics in metres.
+
+Predicting log-depth keeps the output positive without a clamp and makes errors scale-relative,
+which is what both the L1-log and the scale-invariant (SILog) losses want.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import ConfigError
+from ..registry import did_you_mean
+from . import TASKS
+from .base import Metric, Task
+
+LOSSES = ("l1_log", "silog")
+#: added under the square root of SILog so its gradient stays finite when the variance is zero
+SILOG_EPS = 1e-8
+
+
+def valid_depth(target: torch.Tensor, min_depth: float, max_depth: float | None = None) -> torch.Tensor:
+    """Pixels that carry a usable depth: finite, above ``min_depth`` (0 = no measurement), below max."""
+    valid = torch.isfinite(target) & (target > min_depth)
+    if max_depth is not None:
+        valid &= target < max_depth
+    return valid
+
+
+def _as_b1hw(x: torch.Tensor, what: str) -> torch.Tensor:
+    if x.dim() == 3:
+        x = x.unsqueeze(1)
+    if x.dim() != 4 or x.shape[1] != 1:
+        raise ValueError(f"depth {what} must have shape (B, 1, H, W) or (B, H, W), got {tuple(x.shape)}")
+    return x
+
+
+@TASKS.register("depth")
+class DepthTask(Task):
+    """Depth in metres; raw head output is log-depth (one channel).
+
+    Options: ``loss`` (``"l1_log"`` or ``"silog"``), ``silog_lambda`` (how much of the global log-scale
+    offset SILog forgives; 1 = fully scale-invariant), ``min_depth`` / ``max_depth`` (the valid range;
+    pixels outside are not counted by losses or metrics), ``vis_range`` (fixed ``(near, far)`` metres for
+    pictures, so frames of a video share one colour scale; default per-image percentiles).
+    """
+
+    name = "depth"
+    metric_directions: ClassVar[dict[str, bool]] = {"abs_rel": False, "rmse": False, "delta1": True}
+    primary_metric = "abs_rel"
+    target_is_label = False
+
+    def __init__(
+        self,
+        loss: str = "l1_log",
+        silog_lambda: float = 0.85,
+        min_depth: float = 1e-3,
+        max_depth: float | None = None,
+        vis_range: tuple[float, float] | None = None,
+    ):
+        if loss not in LOSSES:
+            raise ConfigError(f"unknown depth loss '{loss}'{did_you_mean(loss, LOSSES)}")
+        if not 0.0 <= silog_lambda <= 1.0:
+            raise ConfigError(f"depth silog_lambda must be in [0, 1], got {silog_lambda}")
+        if not min_depth > 0:
+            raise ConfigError(f"depth min_depth must be > 0 (log-depth needs it), got {min_depth}")
+        if max_depth is not None and not max_depth > min_depth:
+            raise ConfigError(f"depth max_depth ({max_depth}) must be greater than min_depth ({min_depth})")
+        if vis_range is not None:
+            if len(vis_range) != 2 or not 0 < vis_range[0] < vis_range[1]:
+                raise ConfigError(f"depth vis_range must be (near, far) with 0 < near < far, got {vis_range}")
+            vis_range = (float(vis_range[0]), float(vis_range[1]))
+        self.loss = loss
+        self.silog_lambda = float(silog_lambda)
+        self.min_depth = float(min_depth)
+        self.max_depth = None if max_depth is None else float(max_depth)
+        self.vis_range = vis_range
+
+    @property
+    def out_channels(self) -> int:
+        return 1
+
+    def predict(self, raw: torch.Tensor) -> torch.Tensor:
+        return torch.exp(raw)
+
+    # -- losses ---------------------------------------------------------------------------------------
+    def _log_loss(self, raw: torch.Tensor, depth: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        """Per-sample loss between log-depth ``raw`` and metric ``depth`` over ``valid`` pixels.
+
+        Invalid pixels are replaced *before* the log, so neither the value nor the gradient can be NaN.
+        Computed in float32 so that mixed-precision training does not lose the small log differences.
+        """
+        raw = raw.float()
+        log_t = torch.log(torch.where(valid, depth.float(), torch.ones_like(raw)))
+        d = torch.where(valid, raw - log_t, torch.zeros_like(raw)).flatten(1)
+        n = valid.flatten(1).sum(1)
+        n_safe = n.clamp_min(1).to(d.dtype)
+        if self.loss == "l1_log":
+            return d.abs().sum(1) / n_safe
+        mean_d = d.sum(1) / n_safe
+        mean_d2 = d.square().sum(1) / n_safe
+        var = (mean_d2 - self.silog_lambda * mean_d.square()).clamp_min(0.0)
+        return torch.where(n > 0, torch.sqrt(var + SILOG_EPS), torch.zeros_like(var))
+
+    def supervised_loss(self, raw: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        raw = _as_b1hw(raw, "raw output")
+        target = _as_b1hw(target, "target")
+        if target.shape != raw.shape:
+            raise ValueError(
+                f"depth target shape {tuple(target.shape)} does not match the prediction {tuple(raw.shape)}; "
+                "targets must be at the head's output resolution"
+            )
+        return self._log_loss(raw, target, valid_depth(target, self.min_depth, self.max_depth))
+
+    def distill_loss(self, raw: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+        """Same loss family with the teacher's metric depth as target (resized bilinearly if needed)."""
+        raw = _as_b1hw(raw, "raw output")
+        teacher = _as_b1hw(teacher, "teacher output").detach().float()
+        if teacher.shape[0] != raw.shape[0]:
+            raise ValueError(f"teacher batch {teacher.shape[0]} != student batch {raw.shape[0]}")
+        if teacher.shape[-2:] != raw.shape[-2:]:
+            teacher = F.interpolate(teacher, size=raw.shape[-2:], mode="bilinear", align_corners=False)
+        return self._log_loss(raw, teacher, valid_depth(teacher, self.min_depth))
+
+    # -- evaluation -----------------------------------------------------------------------------------
+    def new_metric(self) -> DepthMetric:
+        return DepthMetric(self.min_depth, self.max_depth)
+
+    def placeholder(self, height: int, width: int) -> torch.Tensor:
+        return torch.zeros(1, height, width)
+
+    def visualise(
+        self, value: torch.Tensor, vmin: float | None = None, vmax: float | None = None
+    ) -> np.ndarray:
+        """Depth ``(1, H, W)`` or ``(H, W)`` metres -> ``(H, W, 3)`` uint8; near = warm, far = cool.
+
+        Colours follow *inverse* depth, which spreads the near range where most detail is. The scale is
+        ``vmin``/``vmax`` (metres) if given, else the task's ``vis_range``, else the 2nd/98th percentile
+        of the image. Pixels without depth (<= 0 or not finite) are black.
+        """
+        from matplotlib import colormaps
+
+        depth = torch.as_tensor(value).detach().float().cpu()
+        if depth.dim() == 3 and depth.shape[0] == 1:
+            depth = depth[0]
+        if depth.dim() != 2:
+            raise ValueError(f"depth to visualise must be (1, H, W) or (H, W), got {tuple(depth.shape)}")
+        depth = depth.numpy()
+        valid = np.isfinite(depth) & (depth > 0)
+        out = np.zeros((*depth.shape, 3), dtype=np.uint8)
+        if not valid.any():
+            return out
+        near, far = vmin, vmax
+        if near is None or far is None:
+            default = self.vis_range or np.percentile(depth[valid], [2, 98])
+            near = default[0] if near is None else near
+            far = default[1] if far is None else far
+        near = max(float(near), 1e-6)
+        far = max(float(far), near * (1 + 1e-6))
+        inv = 1.0 / depth[valid]
+        x = np.clip((inv - 1.0 / far) / (1.0 / near - 1.0 / far), 0.0, 1.0)
+        out[valid] = (colormaps["turbo"](x)[:, :3] * 255).round().astype(np.uint8)
+        return out
+
+
+class DepthMetric(Metric):
+    """AbsRel, RMSE and δ<1.25 pooled over every valid pixel of the split (not averaged per image).
+
+    Pooling matches the survey/InvPT evaluators, whose RMSE is sqrt(sum of squared errors / #pixels)
+    over the whole validation set. Sums are kept in float64 on the device of the predictions, so that
+    ``state()`` can be all-reduced directly; compute() returns NaN for every metric if no pixel was valid.
+    """
+
+    KEYS = ("count", "abs_rel_sum", "sq_err_sum", "delta1_count")
+
+    def __init__(self, min_depth: float = 1e-3, max_depth: float | None = None):
+        self.min_depth = float(min_depth)
+        self.max_depth = max_depth
+        self._sums = {k: torch.zeros((), dtype=torch.float64) for k in self.KEYS}
+
+    def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
+        pred = _as_b1hw(pred.detach(), "prediction")
+        target = _as_b1hw(target.detach(), "target")
+        if pred.shape != target.shape:
+            raise ValueError(f"depth prediction {tuple(pred.shape)} and target {tuple(target.shape)} differ")
+        # float64 where the device has it (MPS does not); the sums are tiny, the pixels are not
+        dtype = torch.float32 if pred.device.type == "mps" else torch.float64
+        g = target.to(dtype)
+        valid = valid_depth(g, self.min_depth, self.max_depth)
+        g = g[valid]
+        p = pred.to(dtype)[valid].clamp_min(self.min_depth)
+        batch = {
+            "count": torch.tensor(float(g.numel()), dtype=dtype, device=g.device),
+            "abs_rel_sum": ((p - g).abs() / g).sum(),
+            "sq_err_sum": (p - g).square().sum(),
+            "delta1_count": (torch.maximum(p / g, g / p) < 1.25).sum().to(dtype),
+        }
+        for k, v in batch.items():
+            acc = self._sums[k]
+            if acc.device != v.device:
+                acc = acc.to(v.device, v.dtype)
+            self._sums[k] = acc + v
+
+    def compute(self) -> dict[str, float]:
+        s = {k: float(v) for k, v in self._sums.items()}
+        n = s["count"]
+        if n == 0:
+            return {"abs_rel": float("nan"), "rmse": float("nan"), "delta1": float("nan")}
+        return {
+            "abs_rel": s["abs_rel_sum"] / n,
+            "rmse": (s["sq_err_sum"] / n) ** 0.5,
+            "delta1": s["delta1_count"] / n,
+        }
+
+    def state(self) -> dict[str, torch.Tensor]:
+        return dict(self._sums)
+
+    def load_state(self, state: dict[str, torch.Tensor]) -> None:
+        missing = set(self.KEYS) - set(state)
+        if missing:
+            raise ValueError(f"depth metric state lacks {sorted(missing)}")
+        self._sums = {k: torch.as_tensor(state[k]).detach().clone() for k in self.KEYS}

@@ -1,0 +1,67 @@
+"""Shared fixtures: tiny folder datasets written with numpy/PIL (no generator needed) and offline env."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+torch.set_num_threads(2)
+
+CLASSES = ["floor", "wall", "box"]
+
+
+def write_tiny_dataset(root: Path, count: int, *, seed: int, height: int = 32, width: int = 48,
+                       labels: tuple[str, ...] | list[tuple[str, ...]] = ("depth", "semseg")) -> Path:
+    """Images of a floor/wall split plus one bright box, with matching depth and class maps."""
+    rng = np.random.default_rng(seed)
+    for sub in ("images", "depth", "semseg"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    (root / "classes.yaml").write_text("names: [floor, wall, box]\nignore_index: 255\n")
+    for i in range(count):
+        horizon = int(rng.integers(height // 3, 2 * height // 3))
+        sem = np.zeros((height, width), np.uint8)
+        sem[:horizon] = 1
+        depth = np.empty((height, width), np.float32)
+        depth[:horizon] = 8.0
+        rows = np.arange(horizon, height, dtype=np.float32)
+        depth[horizon:] = (8.0 * (horizon + 1) / (rows + 1))[:, None]
+        y0, x0 = int(rng.integers(0, height - 10)), int(rng.integers(0, width - 12))
+        sem[y0:y0 + 10, x0:x0 + 12] = 2
+        depth[y0:y0 + 10, x0:x0 + 12] = 2.0 + float(rng.random())
+        palette = np.array([[90, 90, 90], [200, 180, 150], [220, 40, 40]], np.float32)
+        img = palette[sem] * (0.7 + 0.3 / depth[..., None]) + rng.normal(0, 6, (height, width, 3))
+        sid = f"{i:04d}"
+        Image.fromarray(img.clip(0, 255).astype(np.uint8)).save(root / "images" / f"{sid}.png")
+        these = labels[i] if isinstance(labels, list) else labels
+        if "depth" in these:
+            Image.fromarray((depth * 1000).astype(np.uint16)).save(root / "depth" / f"{sid}.png")
+        if "semseg" in these:
+            Image.fromarray(sem).save(root / "semseg" / f"{sid}.png")
+    (root / "info.json").write_text(json.dumps({"count": count}))
+    return root
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> dict[str, Path]:
+    base = tmp_path_factory.mktemp("tiny")
+    return {
+        "train": write_tiny_dataset(base / "train", 24, seed=1),
+        "val": write_tiny_dataset(base / "val", 8, seed=2),
+    }
+
+
+def tiny_config(train: Path, val: Path | None, **train_opts) -> dict:
+    """A config dict for a very small student that trains in a few seconds on 2 cores."""
+    return {
+        "data": {"train": str(train), "val": str(val) if val else None, "height": 32, "width": 48, "batch_size": 4},
+        "tasks": {"depth": {}, "semseg": {}},
+        "student": {"backbone": "test_efficientnet", "neck_channels": 16},
+        "train": {"max_steps": 6, "lr": 3e-3, "warmup_steps": 2, "val_every": 3, "progress": False, **train_opts},
+    }

@@ -1,0 +1,83 @@
+"""Engine: a tiny run trains and writes its artefacts; resume continues with identical state."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from polydistill.config import load_config
+from polydistill.engine.checkpoint import find_checkpoint, load_spec, save_checkpoint
+from polydistill.engine.logging import read_steps
+from polydistill.errors import PolydistillError, TrainingError
+from polydistill.run import train_run
+from tests.conftest import tiny_config
+
+
+def test_run_writes_config_logs_and_checkpoints(tiny_data, tmp_path):
+    cfg = load_config(base=tiny_config(tiny_data["train"], tiny_data["val"]))
+    result = train_run(cfg, tmp_path / "run")
+    run = tmp_path / "run"
+    assert (run / "config.yaml").read_text().startswith("data:")
+    rows = read_steps(run / "steps.csv")
+    assert [int(r["step"]) for r in rows] == list(range(1, 7))
+    assert {"loss/depth/gt", "weight/depth/gt", "loss/semseg/gt", "lr"} <= set(rows[0])
+    vals = [json.loads(ln) for ln in (run / "val.jsonl").read_text().splitlines()]
+    assert [v["step"] for v in vals] == [3, 6]
+    assert set(vals[0]["metrics"]) == {"depth", "semseg"}
+    best = find_checkpoint(run)
+    assert best.name == "best" and load_spec(best)["tasks"]["semseg"]["num_classes"] == 3
+    assert result.fit.steps == 6
+
+
+def test_resume_continues_with_identical_state(tiny_data, tmp_path):
+    cfg = load_config(base=tiny_config(tiny_data["train"], tiny_data["val"]))
+    train_run(cfg, tmp_path / "straight")
+    train_run(cfg, tmp_path / "resumed", stop_at_step=4)  # stopped at step 4, like an interruption...
+    state = json.loads((tmp_path / "resumed" / "checkpoints" / "last" / "state.json").read_text())
+    assert state["step"] == 4
+    resumed = train_run(cfg, tmp_path / "resumed", resume=True)  # ...then resumed to the end
+    assert resumed.fit.steps == 6
+    a = load_file(str(tmp_path / "straight" / "checkpoints" / "last" / "model.safetensors"))
+    b = load_file(str(tmp_path / "resumed" / "checkpoints" / "last" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
+    sa = read_steps(tmp_path / "straight" / "steps.csv")
+    sb = read_steps(tmp_path / "resumed" / "steps.csv")
+    assert [r["loss"] for r in sa] == [r["loss"] for r in sb]
+
+
+def test_resume_refuses_a_changed_schedule(tiny_data, tmp_path):
+    cfg = load_config(base=tiny_config(tiny_data["train"], tiny_data["val"]))
+    train_run(cfg, tmp_path / "run", stop_at_step=3)
+    longer = load_config(base=tiny_config(tiny_data["train"], tiny_data["val"], max_steps=9))
+    with pytest.raises(TrainingError, match="cannot resume"):
+        train_run(longer, tmp_path / "run", resume=True)
+
+
+def test_nan_loss_stops_with_a_clear_error(tiny_data, tmp_path):
+    cfg = load_config(base=tiny_config(tiny_data["train"], None, lr=1e30, grad_clip=None, max_steps=20))
+    with pytest.raises(TrainingError, match=r"loss became .* at step"):
+        train_run(cfg, tmp_path / "run")
+
+
+def test_checkpoint_write_is_atomic(tmp_path):
+    model = torch.nn.Linear(2, 2)
+    save_checkpoint(tmp_path / "last", model=model, spec={"tasks": {}}, state={"step": 1})
+
+    class Boom(torch.nn.Linear):
+        def state_dict(self, *args, **kwargs):
+            raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError):
+        save_checkpoint(tmp_path / "last", model=Boom(2, 2), spec={"tasks": {}}, state={"step": 2})
+    assert json.loads((tmp_path / "last" / "state.json").read_text())["step"] == 1  # old one intact
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp")]  # no debris
+
+
+def test_find_checkpoint_explains_what_is_missing(tmp_path):
+    with pytest.raises(PolydistillError, match="no polydistill checkpoint"):
+        find_checkpoint(tmp_path)
