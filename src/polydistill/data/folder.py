@@ -318,6 +318,11 @@ class FolderDataset(torch.utils.data.Dataset):
         """``{task: number of images with that label}``, from the files present (contents unchecked)."""
         return {task: len(self._labels[task]) for task in self.tasks}
 
+    def has_any_label(self, index: int) -> bool:
+        """Whether image ``index`` carries a label for at least one of the requested tasks."""
+        sample_id = self._ids[index]
+        return any(sample_id in self._labels[task] for task in self.tasks)
+
     def set_epoch(self, epoch: int) -> None:
         """Select the augmentation stream; each epoch sees a different, reproducible augmentation."""
         if epoch < 0:

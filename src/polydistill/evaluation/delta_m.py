@@ -97,6 +97,7 @@ def retention(student: Table, teacher: Table, directions: dict[str, dict[str, bo
     Higher-is-better: student / teacher; lower-is-better: teacher / student, so the ratio always grows
     as the student improves. Only tasks present in ``teacher`` are compared (a teacher usually covers a
     subset of tasks); within those, every metric in ``directions`` must be present on both sides.
+    A zero denominator gives NaN rather than an error, so an evaluation report is never lost to it.
     """
     out: Table = {}
     for task, metrics in directions.items():
@@ -107,9 +108,6 @@ def retention(student: Table, teacher: Table, directions: dict[str, dict[str, bo
             s = _value(student, task, m, "student")
             t = _value(teacher, task, m, "teacher")
             num, den = (s, t) if higher else (t, s)
-            if den == 0:
-                raise ValueError(
-                    f"retention of '{task}/{m}' divides by zero ({'teacher' if higher else 'student'} = 0)"
-                )
-            out[task][m] = num / den
+            # a zero denominator (e.g. an untrained model with delta1 = 0) has no meaningful ratio
+            out[task][m] = num / den if den != 0 else float("nan")
     return out
