@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 
 import numpy as np
@@ -79,12 +80,18 @@ def test_eval_reports_metrics_and_latency(trained_run, tiny_data, tmp_path):
     result, _ = run_cli("eval", trained_run, "--data", tiny_data["val"], "--teacher", trained_run,
                         "--output", tmp_path / "eval.json")
     assert result.exit_code == 0, result.output
-    import json
 
     report = json.loads((tmp_path / "eval.json").read_text())
     assert set(report["metrics"]) == {"depth", "semseg"} and report["images"] == 8
     assert report["retention"]["depth"]["abs_rel"] == pytest.approx(1.0)  # compared with itself
     assert report["latency_ms"]["student"] > 0
+    # Δm against an explicit baseline file: the model against its own numbers is exactly 0
+    (tmp_path / "base.json").write_text(json.dumps(report["metrics"]))
+    result, _ = run_cli("eval", trained_run, "--data", tiny_data["val"], "--baseline", tmp_path / "base.json",
+                        "--output", tmp_path / "eval2.json")
+    assert result.exit_code == 0, result.output
+    delta = json.loads((tmp_path / "eval2.json").read_text())["delta_m"]
+    assert delta["value"] == pytest.approx(0.0, abs=1e-9) and delta["convention"] == "primary"
 
 
 def test_predict_writes_maps_and_pictures(trained_run, tiny_data, tmp_path):

@@ -81,3 +81,16 @@ def test_checkpoint_write_is_atomic(tmp_path):
 def test_find_checkpoint_explains_what_is_missing(tmp_path):
     with pytest.raises(PolydistillError, match="no polydistill checkpoint"):
         find_checkpoint(tmp_path)
+
+
+def test_bf16_autocast_runs_on_cpu(tiny_data, tmp_path):
+    cfg = load_config(base=tiny_config(tiny_data["train"], None, max_steps=2, mixed_precision="bf16"))
+    assert train_run(cfg, tmp_path / "run").fit.steps == 2
+
+
+def test_fp16_without_gpu_is_a_config_error(tiny_data, tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    cfg = load_config(base=tiny_config(tiny_data["train"], None, mixed_precision="fp16"))
+    with pytest.raises(PolydistillError, match="fp16 .*GPU"):
+        train_run(cfg, tmp_path / "run")

@@ -262,3 +262,35 @@ def test_task_class_attributes(task):
     assert task.primary_metric in task.metric_directions
     head = task.build_head(8)
     assert head(torch.zeros(2, 8, 4, 4)).shape == (2, task.out_channels, 4, 4)
+
+
+def test_class_balance_upweights_rare_classes_with_unit_mean():
+    task = SemsegTask(num_classes=2, class_balance=1.0)
+    labels = torch.tensor([[[0, 0, 0, 1]]])  # class 1 is 1/4 of the pixels
+    valid = torch.ones_like(labels, dtype=torch.bool)
+    w = task._pixel_weights(labels, valid)
+    # inverse frequency: 4/3 for class 0 and 4 for class 1, rescaled to mean 1 -> 2/3 and 2
+    torch.testing.assert_close(w, torch.tensor([[[2 / 3, 2 / 3, 2 / 3, 2.0]]]))
+    logits = torch.zeros(1, 2, 1, 4)  # uniform prediction: every pixel's CE is ln 2
+    assert task.supervised_loss(logits, labels).item() == pytest.approx(math.log(2))
+    plain = SemsegTask(num_classes=2)
+    logits[0, 0] = 2.0  # confident in class 0: the rare class-1 pixel now dominates the balanced loss
+    assert task.supervised_loss(logits, labels).item() > plain.supervised_loss(logits, labels).item()
+
+
+def test_depth_head_starts_at_init_depth():
+    head = DepthTask(init_depth=4.0).build_head(8)
+    out = head(torch.zeros(1, 8, 3, 3))
+    torch.testing.assert_close(out.exp(), torch.full_like(out, 4.0), rtol=1e-5, atol=1e-5)
+
+
+def test_hard_distillation_is_cross_entropy_on_teacher_argmax():
+    task = SemsegTask(num_classes=2, distill="hard")
+    student = torch.zeros(1, 2, 1, 2)  # uniform: CE is ln 2 whatever the label
+    teacher = torch.tensor([[[[3.0, -1.0]], [[0.0, 2.0]]]])  # arg-max: class 0 then class 1
+    assert task.distill_loss(student, teacher).item() == pytest.approx(math.log(2))
+    student[0, 1, 0, 1] = 5.0  # agree with the teacher on pixel 2 only
+    expected = (math.log(2) + math.log(1 + math.exp(-5.0))) / 2
+    assert task.distill_loss(student, teacher).item() == pytest.approx(expected, rel=1e-5)
+    with pytest.raises(ConfigError, match="did you mean 'hard'"):
+        SemsegTask(num_classes=2, distill="hardd")

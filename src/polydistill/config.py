@@ -29,6 +29,9 @@ class StrictModel(BaseModel):
 class AugmentConfig(StrictModel):
     hflip: float = Field(0.5, ge=0, le=1, description="probability of a horizontal flip")
     scale: tuple[float, float] = Field((1.0, 1.25), description="random zoom range (resize then crop)")
+    crop: tuple[int, int] | None = Field(
+        None, description="train on random (height, width) crops: cheaper steps, same object scale"
+    )
 
     @field_validator("scale")
     @classmethod
@@ -71,6 +74,9 @@ class DistillConfig(StrictModel):
     teacher_weights: dict[str, float] = Field(default_factory=dict, description="per-teacher multiplier")
     precompute_teachers: bool = Field(
         True, description="run teachers once on un-augmented images and augment their maps with the image"
+    )
+    teacher_cache: str | None = Field(
+        None, description="folder keeping precomputed teacher maps between runs (keyed by weights and data)"
     )
 
 

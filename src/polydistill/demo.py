@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import resource
 import shutil
@@ -26,7 +27,7 @@ import torch
 from . import __version__
 from .config import load_config
 from .data import FolderDataset
-from .data.shapescenes import generate_split
+from .data.shapescenes import GENERATOR_VERSION, generate_split
 from .engine.checkpoint import find_checkpoint, load_spec, load_weights
 from .evaluation.delta_m import delta_m, retention
 from .evaluation.evaluate import evaluate, student_predictor
@@ -37,7 +38,7 @@ from .students import build_student
 from .teachers import CheckpointTeacher
 
 #: bump when the generator or the training recipe changes, so cached data and teachers are rebuilt
-DEMO_CACHE_VERSION = 1
+DEMO_CACHE_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -65,18 +66,20 @@ PRESETS: dict[str, Preset] = {
     "quick": Preset(
         height=48, width=64, teacher_images=96, pool_images=128, pool_label_fraction=0.25, val_images=24,
         test_images=32, teacher_backbone="resnet18", teacher_neck=64, teacher_steps=40, teacher_batch=8,
-        student_backbone="mobilenetv3_small_100", student_neck=48, student_steps=40, student_batch=8,
-        lr=3e-3, teacher_lr=2e-3,
+        student_backbone="mobilenetv3_small_100", student_neck=32, student_steps=40, student_batch=8,
+        lr=6e-3, teacher_lr=3e-3,
     ),
     "default": Preset(
-        height=96, width=128, teacher_images=800, pool_images=2400, pool_label_fraction=0.10, val_images=200,
-        test_images=320, teacher_backbone="resnet18", teacher_neck=96, teacher_steps=700, teacher_batch=16,
-        student_backbone="mobilenetv3_small_100", student_neck=64, student_steps=700, student_batch=16,
-        lr=3e-3, teacher_lr=2e-3,
+        height=96, width=128, teacher_images=800, pool_images=1600, pool_label_fraction=0.05, val_images=200,
+        test_images=320, teacher_backbone="resnet18", teacher_neck=96, teacher_steps=450, teacher_batch=8,
+        student_backbone="mobilenetv3_small_100", student_neck=32, student_steps=500, student_batch=8,
+        lr=6e-3, teacher_lr=3e-3,
     ),
 }
 
 TEACHER_TASKS = {"depth_teacher": "depth", "seg_teacher": "semseg"}
+#: one recipe for every model of the demo; class balancing helps the small classes in short schedules
+TASK_OPTIONS: dict[str, dict[str, Any]] = {"depth": {}, "semseg": {"class_balance": 0.5}}
 
 
 def cache_root() -> Path:
@@ -98,13 +101,12 @@ def _pool_labels(preset: Preset, seed: int) -> list[tuple[str, ...]]:
     return labels
 
 
-def generate_data(preset: Preset, seed: int, workers: int | None) -> tuple[dict[str, Path], str]:
-    """Generate (or reuse) the demo splits; returns their folders and the data fingerprint."""
-    params = {"v": DEMO_CACHE_VERSION, "h": preset.height, "w": preset.width, "seed": seed,
-              "teacher": preset.teacher_images, "pool": preset.pool_images, "frac": preset.pool_label_fraction,
-              "val": preset.val_images, "test": preset.test_images}
-    fp = fingerprint(params)
-    root = cache_root() / "data" / fp
+def generate_data(preset: Preset, seed: int, workers: int | None) -> tuple[dict[str, Path], dict[str, str]]:
+    """Generate (or reuse) the demo splits; returns their folders and their fingerprints.
+
+    Each split is cached under its own fingerprint, so changing e.g. the pool's labelled fraction
+    regenerates the pool only, and teachers (keyed by their own split) stay cached.
+    """
     all_labels = ("depth", "semseg", "boxes")
     plan = {
         "teacher_depth": (preset.teacher_images, ("depth",)),
@@ -113,35 +115,41 @@ def generate_data(preset: Preset, seed: int, workers: int | None) -> tuple[dict[
         "val": (preset.val_images, all_labels),
         "test": (preset.test_images, all_labels),
     }
-    splits = {}
+    splits, fps = {}, {}
     for i, (name, (count, labels)) in enumerate(plan.items()):
-        splits[name] = generate_split(root / name, count, seed=seed * 100 + i, height=preset.height,
-                                      width=preset.width, labels=labels, workers=workers, id_prefix=f"{name}_")
-    return splits, fp
+        params = {"v": DEMO_CACHE_VERSION, "generator": GENERATOR_VERSION, "split": name, "count": count,
+                  "seed": seed * 100 + i, "h": preset.height, "w": preset.width, "labels": labels}
+        fps[name] = fingerprint(params)
+        splits[name] = generate_split(cache_root() / "data" / f"{name}-{fps[name]}", count, seed=params["seed"],
+                                      height=preset.height, width=preset.width, labels=labels, workers=workers,
+                                      id_prefix=f"{name}_")
+    return splits, fps
 
 
 def _base_config(preset: Preset, train: Path, val: Path, *, tasks: dict, backbone: str, neck: int,
-                 steps: int, batch: int, lr: float, seed: int, progress: bool) -> dict[str, Any]:
+                 steps: int, batch: int, lr: float, seed: int, progress: bool,
+                 zoom: tuple[float, float]) -> dict[str, Any]:
     return {
         "data": {"train": str(train), "val": str(val), "height": preset.height, "width": preset.width,
-                 "batch_size": batch, "augment": {"hflip": 0.5, "scale": [1.0, 1.25]}},
+                 "batch_size": batch, "augment": {"hflip": 0.5, "scale": list(zoom)}},
         "tasks": tasks,
         "student": {"backbone": backbone, "neck_channels": neck},
         "train": {"max_steps": steps, "lr": lr, "warmup_steps": max(1, steps // 20), "seed": seed,
-                  "val_every": max(1, steps // 4), "progress": progress},
+                  "val_every": max(1, math.ceil(steps / 4)), "progress": progress},
     }
 
 
-def train_teachers(preset: Preset, splits: dict[str, Path], data_fp: str, seed: int, progress: bool,
+def train_teachers(preset: Preset, splits: dict[str, Path], split_fps: dict[str, str], seed: int, progress: bool,
                    log) -> dict[str, Path]:
     """Train (or reuse) one single-task teacher per task on its own labelled set, cached by fingerprint."""
     paths = {}
     for name, task in TEACHER_TASKS.items():
         cfg = _base_config(
-            preset, splits[f"teacher_{task}"], splits["val"], tasks={task: {}}, backbone=preset.teacher_backbone,
-            neck=preset.teacher_neck, steps=preset.teacher_steps, batch=preset.teacher_batch, lr=preset.teacher_lr,
-            seed=seed, progress=progress,
+            preset, splits[f"teacher_{task}"], splits["val"], tasks={task: TASK_OPTIONS[task]},
+            backbone=preset.teacher_backbone, neck=preset.teacher_neck, steps=preset.teacher_steps,
+            batch=preset.teacher_batch, lr=preset.teacher_lr, seed=seed, progress=progress, zoom=(1.0, 1.25),
         )
+        data_fp = {"train": split_fps[f"teacher_{task}"], "val": split_fps["val"]}
         fp = fingerprint({"v": DEMO_CACHE_VERSION, "data": data_fp, "cfg": cfg | {"data": None}})
         run_dir = cache_root() / "teachers" / f"{name}-{fp}"
         if (run_dir / "DONE").exists():
@@ -171,22 +179,24 @@ def run_demo(out: str | Path, preset_name: str = "default", *, seed: int = 0, wo
     timings: dict[str, float] = {}
 
     log(f"[1/5] ShapeScenes data at {preset.height}x{preset.width}")
-    splits, data_fp = generate_data(preset, seed, workers)
+    splits, split_fps = generate_data(preset, seed, workers)
     timings["data_s"] = time.perf_counter() - t0
 
     log("[2/5] single-task teachers (trained once, then cached)")
     t = time.perf_counter()
-    teacher_runs = train_teachers(preset, splits, data_fp, seed, progress, log)
+    teacher_runs = train_teachers(preset, splits, split_fps, seed, progress, log)
     timings["teachers_s"] = time.perf_counter() - t
 
-    tasks_cfg = {"depth": {}, "semseg": {}}
-    common = dict(tasks=tasks_cfg, backbone=preset.student_backbone, neck=preset.student_neck,
-                  steps=preset.student_steps, batch=preset.student_batch, lr=preset.lr, seed=seed, progress=progress)
+    # students: a few epochs over the pool, so no zoom augmentation (flips only), same for both students
+    common = dict(tasks=TASK_OPTIONS, backbone=preset.student_backbone, neck=preset.student_neck,
+                  steps=preset.student_steps, batch=preset.student_batch, lr=preset.lr, seed=seed, progress=progress,
+                  zoom=(1.0, 1.0))
 
     log(f"[3/5] distilling both teachers into a {preset.student_backbone} student on {preset.pool_images} pool images")
     t = time.perf_counter()
     student_cfg = _base_config(preset, splits["pool"], splits["val"], **common)
     student_cfg["teachers"] = [{"name": n, "source": "checkpoint", "path": str(p)} for n, p in teacher_runs.items()]
+    student_cfg["distill"] = {"teacher_cache": str(cache_root() / "teacher_outputs")}
     shutil.rmtree(out / "student", ignore_errors=True)
     train_run(load_config(base=student_cfg), out / "student")
     timings["distill_s"] = time.perf_counter() - t

@@ -71,6 +71,8 @@ def check_names(cfg: RunConfig) -> None:
     for key in list(cfg.distill.task_weights):
         if key not in cfg.tasks:
             raise ConfigError(f"distill.task_weights has unknown task '{key}'{did_you_mean(key, list(cfg.tasks))}")
+    if cfg.train.mixed_precision == "fp16" and not torch.cuda.is_available():
+        raise ConfigError("train.mixed_precision=fp16 needs a GPU; on the CPU use bf16 or 'no'")
     names = [t.name for t in cfg.teachers]
     for key in list(cfg.distill.teacher_weights):
         if key not in names:
@@ -124,7 +126,8 @@ def train_run(cfg: RunConfig, run_dir: str | Path, *, resume: bool = False,
     if teachers and cfg.distill.precompute_teachers:
         device = "cuda" if torch.cuda.is_available() else "cpu"
         store = precompute_teacher_outputs(teachers, plain_train, batch_size=cfg.data.batch_size * 2,
-                                           device=device, progress=cfg.train.progress)
+                                           device=device, progress=cfg.train.progress,
+                                           cache_dir=cfg.distill.teacher_cache)
         train_set.attach_teacher_outputs(store)
     else:
         online = teachers

@@ -16,6 +16,6 @@ def build_train_transform(cfg: AugmentConfig) -> Compose | None:
     steps = []
     if cfg.hflip > 0:
         steps.append(RandomHorizontalFlip(cfg.hflip))
-    if cfg.scale[1] > 1.0:
-        steps.append(RandomScaleCrop(cfg.scale))
+    if cfg.scale[1] > 1.0 or cfg.crop is not None:
+        steps.append(RandomScaleCrop(cfg.scale, size=cfg.crop))
     return Compose(steps) if steps else None

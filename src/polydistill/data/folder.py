@@ -33,6 +33,7 @@ Decisions:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -317,6 +318,15 @@ class FolderDataset(torch.utils.data.Dataset):
     def label_counts(self) -> dict[str, int]:
         """``{task: number of images with that label}``, from the files present (contents unchecked)."""
         return {task: len(self._labels[task]) for task in self.tasks}
+
+    def fingerprint(self) -> str:
+        """Identifies the images as this dataset serves them (files, sizes, modification times, resize),
+        so that anything computed from them (teacher outputs) can be cached and invalidated safely."""
+        h = hashlib.sha256(repr((str(self.root.resolve()), self._resize and self._resize.size)).encode())
+        for sample_id in self._ids:
+            st = self._images[sample_id].stat()
+            h.update(f"{sample_id}:{st.st_size}:{st.st_mtime_ns};".encode())
+        return h.hexdigest()[:16]
 
     def has_any_label(self, index: int) -> bool:
         """Whether image ``index`` carries a label for at least one of the requested tasks."""

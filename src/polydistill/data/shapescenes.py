@@ -69,7 +69,7 @@ IGNORE_INDEX = 255
 LABEL_KINDS: tuple[str, ...] = ("depth", "semseg", "boxes")
 
 # Bump whenever the rendered output changes, so finished splits on disk are regenerated.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 COMPLETE_MARKER = ".complete"
 _GENERATED_ENTRIES = ("images", "depth", "semseg", "boxes", "meta", "classes.yaml")
 
@@ -988,12 +988,17 @@ class _Shot:
 
 
 def _sample_camera(rng: np.random.Generator, height: int, width: int) -> tuple[Camera, float, float]:
-    """Random pose and intrinsics; also returns yaw and horizontal field of view for object placement."""
-    hfov = math.radians(rng.uniform(50, 75))
+    """Random pose and intrinsics; also returns yaw and horizontal field of view for object placement.
+
+    The ranges are those of one mounted camera type (a robot or a fixed factory camera): wide enough
+    to vary every image, narrow enough that metric depth stays learnable from one image (a camera
+    height anywhere in 1-2 m would make the floor's scale ambiguous by a factor of two).
+    """
+    hfov = math.radians(rng.uniform(55, 70))
     fx = width / 2 / math.tan(hfov / 2)
     yaw = rng.uniform(-0.5, 0.5)
     camera = Camera.looking(
-        (0.0, 0.0, rng.uniform(1.0, 2.0)),
+        (0.0, 0.0, rng.uniform(1.3, 1.7)),
         yaw=yaw,
         pitch=math.radians(rng.uniform(4, 15)),
         roll=math.radians(rng.uniform(-4, 4)),

@@ -96,10 +96,14 @@ def _map_geometry(
 def _resize(sample: dict, size: tuple[int, int]) -> dict:
     h0, w0 = sample["image"].shape[-2:]
     h, w = size
+    if (h, w) == (h0, w0):
+        return sample
     sy, sx = h / h0, w / w0
+    # antialiasing only matters when shrinking, and its kernel is several times slower
+    smooth = h < h0 or w < w0
     out = _map_dense(
         sample,
-        lambda t, mode: F.resize(t, [h, w], interpolation=mode, antialias=mode == InterpolationMode.BILINEAR),
+        lambda t, mode: F.resize(t, [h, w], interpolation=mode, antialias=smooth and mode == InterpolationMode.BILINEAR),
     )
     scale = torch.tensor([sx, sy, sx, sy])
     affine = torch.tensor([[sx, 0.0, 0.5 * sx - 0.5], [0.0, sy, 0.5 * sy - 0.5], [0.0, 0.0, 1.0]])

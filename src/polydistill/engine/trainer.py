@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
+from accelerate.state import AcceleratorState
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch.utils.data import DataLoader, Dataset
 
@@ -46,6 +47,15 @@ class FitResult:
     history: list[dict[str, Any]] = field(default_factory=list)
 
 
+def make_accelerator(mixed_precision: str) -> Accelerator:
+    """An Accelerator for this run. Accelerate keeps one process-wide state; runs in one process (the
+    demo, tests, notebooks) may ask for different precisions, so a differing state is reset first."""
+    current = AcceleratorState._shared_state.get("_mixed_precision")
+    if current is not None and str(current) != mixed_precision:
+        AcceleratorState._reset_state(reset_partial_state=False)
+    return Accelerator(mixed_precision=mixed_precision, cpu=not torch.cuda.is_available())
+
+
 def term_key(task: str, source: str) -> str:
     return f"{task}/{source}"
 
@@ -64,7 +74,7 @@ class Trainer:
         self.batch_size, self.num_workers = batch_size, num_workers
         self.run_dir = Path(run_dir)
         self.ckpt_dir = self.run_dir / "checkpoints"
-        self.accelerator = accelerator or Accelerator(mixed_precision=cfg.mixed_precision, cpu=not torch.cuda.is_available())
+        self.accelerator = accelerator or make_accelerator(cfg.mixed_precision)
         self.device = self.accelerator.device
         self.online_teachers = [t.to(self.device) for t in (online_teachers or [])]
         decay, no_decay = [], []
@@ -89,6 +99,7 @@ class Trainer:
         self.val_every = cfg.val_every or self.steps_per_epoch
         self.save_every = cfg.save_every or self.val_every
         self.step = 0
+        self.skipped_steps = 0
         self.best_score: float | None = None
         self.best_step: int | None = None
         self.best_metrics: dict[str, dict[str, float]] | None = None
@@ -234,11 +245,15 @@ class Trainer:
         with self.accelerator.autocast():
             raw = self.model(batch["image"])
         table = self.objective(raw, batch, teacher_outputs)
+        if not table:  # no label and no teacher output in this batch (sparse labels, no teachers)
+            self.step += 1
+            self.skipped_steps += 1
+            return float("nan"), {"lr": lr}
         loss, weights = self.weighting.combine(table, self.step)
         if not torch.isfinite(loss):
             terms = ", ".join(f"{term_key(*k)}={float(t.value.detach()):.4g}" for k, t in table.items())
             raise TrainingError(
-                f"the loss became {float(loss)} at step {self.step} ({terms}); lower train.lr, set "
+                f"the loss became {float(loss.detach())} at step {self.step} ({terms}); lower train.lr, set "
                 f"train.grad_clip, or check the labels — the last good checkpoint is {self.ckpt_dir / 'last'}"
             )
         self.optimizer.zero_grad(set_to_none=True)

@@ -17,7 +17,7 @@ def count_parameters(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-@torch.no_grad()
+@torch.inference_mode()  # what deployment uses: no autograd bookkeeping at all
 def measure_latency(models: dict[str, Callable[[torch.Tensor], object]], image_size: tuple[int, int], *,
                     rounds: int = 7, iters: int = 5, warmup: int = 3, batch: int = 1,
                     device: str | torch.device = "cpu") -> dict[str, float]:

@@ -6,11 +6,13 @@ which is what both the L1-log and the scale-invariant (SILog) losses want.
 
 from __future__ import annotations
 
+import math
 from typing import ClassVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from ..errors import ConfigError
 from ..registry import did_you_mean
@@ -60,6 +62,7 @@ class DepthTask(Task):
         min_depth: float = 1e-3,
         max_depth: float | None = None,
         vis_range: tuple[float, float] | None = None,
+        init_depth: float = 3.0,
     ):
         if loss not in LOSSES:
             raise ConfigError(f"unknown depth loss '{loss}'{did_you_mean(loss, LOSSES)}")
@@ -78,6 +81,16 @@ class DepthTask(Task):
         self.min_depth = float(min_depth)
         self.max_depth = None if max_depth is None else float(max_depth)
         self.vis_range = vis_range
+        if not init_depth > 0:
+            raise ConfigError(f"depth init_depth must be > 0 metres, got {init_depth}")
+        self.init_depth = float(init_depth)
+
+    def build_head(self, in_channels: int, hidden: int | None = None) -> nn.Module:
+        """The shared head design, starting from a typical depth: log-depth 0 would mean 1 m everywhere,
+        and the first hundreds of steps would be spent moving the whole map to the scene's scale."""
+        head = super().build_head(in_channels, hidden)
+        nn.init.constant_(head[-1].bias, math.log(self.init_depth))
+        return head
 
     @property
     def out_channels(self) -> int:

@@ -9,6 +9,7 @@ under ``no_grad`` and are never wrapped for distributed training.
 
 from __future__ import annotations
 
+import hashlib
 from abc import ABC, abstractmethod
 
 import torch
@@ -31,6 +32,14 @@ class Teacher(nn.Module, ABC):
     def train(self, mode: bool = True) -> Teacher:
         """Teachers never leave eval mode (batch-norm statistics and dropout stay fixed)."""
         return super().train(False)
+
+    def fingerprint(self) -> str:
+        """Identifies the weights (so cached outputs are invalidated when the teacher changes)."""
+        h = hashlib.sha256()
+        for key, tensor in sorted(self.state_dict().items()):
+            h.update(key.encode())
+            h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        return h.hexdigest()[:16]
 
     @abstractmethod
     def _predict(self, images: torch.Tensor) -> dict[str, torch.Tensor]: ...
