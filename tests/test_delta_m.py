@@ -1,6 +1,7 @@
 """Δm against published anchors (SAK, ICLR 2025, as re-reported by PRISM) and hand-computed cases."""
 
 import math
+
 import pytest
 
 from polydistill.evaluation.delta_m import delta_m, retention

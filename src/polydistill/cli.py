@@ -11,7 +11,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 from rich.console import Console
@@ -43,10 +43,10 @@ def friendly_errors(fn):
 @app.command()
 @friendly_errors
 def demo(
-    out: Annotated[Path, typer.Option(help="output folder for metrics.json, report.md and the student")] = Path("runs/demo"),
+    out: Annotated[Path, typer.Option(help="folder for metrics.json, report.md and the student")] = Path("runs/demo"),
     preset: Annotated[str, typer.Option(help="quick (about a minute) or default (the full story)")] = "default",
     seed: int = 0,
-    workers: Annotated[Optional[int], typer.Option(help="processes for data generation")] = None,
+    workers: Annotated[int | None, typer.Option(help="processes for data generation")] = None,
     progress: bool = True,
 ):
     """Distill a depth teacher and a segmentation teacher into one small student, offline, on built-in data."""
@@ -69,7 +69,7 @@ def demo(
 @friendly_errors
 def train(
     config: Annotated[Path, typer.Argument(help="YAML config")],
-    overrides: Annotated[Optional[list[str]], typer.Argument(help="dotted overrides, e.g. train.epochs=3")] = None,
+    overrides: Annotated[list[str] | None, typer.Argument(help="dotted overrides, e.g. train.epochs=3")] = None,
     out: Annotated[Path, typer.Option(help="run directory")] = Path("runs/train"),
     resume: Annotated[bool, typer.Option(help="continue from OUT/checkpoints/last")] = False,
 ):
@@ -90,11 +90,11 @@ def train(
 def eval_cmd(
     checkpoint: Annotated[Path, typer.Argument(help="checkpoint or run directory")],
     data: Annotated[Path, typer.Option(help="folder dataset to evaluate on")],
-    height: Optional[int] = None,
-    width: Optional[int] = None,
-    baseline: Annotated[Optional[Path], typer.Option(help="metrics JSON {task: {metric: v}} for Δm")] = None,
-    teachers: Annotated[Optional[list[Path]], typer.Option("--teacher", help="teacher checkpoints to compare")] = None,
-    output: Annotated[Optional[Path], typer.Option(help="write the results as JSON here")] = None,
+    height: int | None = None,
+    width: int | None = None,
+    baseline: Annotated[Path | None, typer.Option(help="metrics JSON {task: {metric: v}} for Δm")] = None,
+    teachers: Annotated[list[Path] | None, typer.Option("--teacher", help="teacher checkpoints to compare")] = None,
+    output: Annotated[Path | None, typer.Option(help="write the results as JSON here")] = None,
 ):
     """Metrics of a checkpoint on a split; Δm against an explicit baseline; retention, size and latency."""
     from .evaluation.report import evaluate_checkpoint
@@ -112,8 +112,8 @@ def predict(
     checkpoint: Annotated[Path, typer.Argument(help="checkpoint or run directory")],
     inputs: Annotated[list[Path], typer.Argument(help="images or folders of images")],
     out: Annotated[Path, typer.Option(help="output folder")] = Path("runs/predict"),
-    height: Optional[int] = None,
-    width: Optional[int] = None,
+    height: int | None = None,
+    width: int | None = None,
 ):
     """Predict depth (16-bit PNG, mm) and classes (PNG ids) plus visualisations for images."""
     from .predict import predict_images
@@ -130,7 +130,7 @@ def generate(
     height: int = 96,
     width: int = 128,
     seed: int = 0,
-    workers: Optional[int] = None,
+    workers: int | None = None,
 ):
     """Render a ShapeScenes split (RGB, metric depth, classes, boxes) in the generic folder layout."""
     from .data.shapescenes import generate_split
@@ -143,7 +143,7 @@ def generate(
 @friendly_errors
 def config_cmd(
     config: Annotated[Path, typer.Argument(help="YAML config")],
-    overrides: Annotated[Optional[list[str]], typer.Argument(help="dotted overrides")] = None,
+    overrides: Annotated[list[str] | None, typer.Argument(help="dotted overrides")] = None,
 ):
     """Validate a config and print it fully resolved (includes, overrides, defaults)."""
     from .config import dump_config, load_config

@@ -248,9 +248,8 @@ def evaluate_demo(preset: Preset, splits: dict[str, Path], teacher_runs: dict[st
     core = {k: {t: {m: v for m, v in results[k][t].items() if m in directions[t]} for t in tasks}
             for k in ("student", "label_only")}
     base_core = {t: {m: v for m, v in baseline[t].items() if m in directions[t]} for t in tasks}
-    results["delta_m_vs_teachers"] = delta_m(core["student"], base_core, directions, convention="primary", primary=primary)
-    results["delta_m_label_only_vs_teachers"] = delta_m(core["label_only"], base_core, directions,
-                                                         convention="primary", primary=primary)
+    for who, key in (("student", "delta_m_vs_teachers"), ("label_only", "delta_m_label_only_vs_teachers")):
+        results[key] = delta_m(core[who], base_core, directions, convention="primary", primary=primary)
     results["delta_m"] = {
         "baseline": "each task's single-task teacher on the test split",
         "convention": "primary (one primary metric per task: depth abs_rel, semseg miou; averaged over tasks)",

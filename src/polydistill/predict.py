@@ -62,12 +62,14 @@ def predict_images(checkpoint: Path, inputs: list[Path], out: Path,
         for name, task in tasks.items():
             pred = task.predict(raw[name].float())
             mode = "nearest" if task.target_is_label and pred.shape[1] == 1 else "bilinear"
-            pred = F.interpolate(pred, size=orig, mode=mode, **({} if mode == "nearest" else {"align_corners": False}))[0]
+            corners = {} if mode == "nearest" else {"align_corners": False}
+            pred = F.interpolate(pred, size=orig, mode=mode, **corners)[0]
             if name == "depth":
                 mm = (pred[0].clamp(0, 65.535) * 1000).round().to(torch.int32).numpy().astype(np.uint16)
                 Image.fromarray(mm).save(out / f"{path.stem}_depth.png")
             elif task.target_is_label:
                 Image.fromarray(pred.argmax(0).to(torch.uint8).numpy()).save(out / f"{path.stem}_{name}.png")
             vis = panel(task, pred, image if task.target_is_label else None)
-            Image.fromarray(np.concatenate([image_to_uint8(image), vis], axis=1)).save(out / f"{path.stem}_{name}_vis.png")
+            side_by_side = np.concatenate([image_to_uint8(image), vis], axis=1)
+            Image.fromarray(side_by_side).save(out / f"{path.stem}_{name}_vis.png")
     return len(files)

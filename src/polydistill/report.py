@@ -58,7 +58,8 @@ def plot_validation(runs: dict[str, Path], path: Path) -> None:
 
 
 @torch.no_grad()
-def plot_samples(test_dir: Path, predictors: dict[str, tuple[Any, dict]], path: Path, image_size, count: int = 4) -> None:
+def plot_samples(test_dir: Path, predictors: dict[str, tuple[Any, dict]], path: Path, image_size,
+                 count: int = 4) -> None:
     """Grid: input, ground truth and every model's depth and segmentation for a few test images."""
     data = FolderDataset(test_dir, ("depth", "semseg"), image_size=image_size)
     columns: list[tuple[str, str, str]] = [("input", "", "")]
@@ -95,7 +96,8 @@ def plot_samples(test_dir: Path, predictors: dict[str, tuple[Any, dict]], path: 
 def _metric_table(metrics: dict[str, Any], task: str, keys: list[str]) -> list[str]:
     rows = [f"| model | {' | '.join(keys)} |", "|---|" + "---:|" * len(keys)]
     entries = [(f"teacher `{n}`", m[task]) for n, m in metrics["teachers"].items() if task in m]
-    entries += [("**distilled student**", metrics["student"][task]), ("label-only student", metrics["label_only"][task])]
+    entries += [("**distilled student**", metrics["student"][task]),
+                ("label-only student", metrics["label_only"][task])]
     for name, values in entries:
         rows.append(f"| {name} | " + " | ".join(_fmt(values[k]) for k in keys) + " |")
     return rows
@@ -132,7 +134,7 @@ def write_demo_report(out: Path, metrics: dict[str, Any], test_dir: Path, teache
         f"- Δm of the distilled student vs the teachers: **{metrics['delta_m_vs_teachers']:+.2f} %** "
         f"(label-only student: {metrics['delta_m_label_only_vs_teachers']:+.2f} %). "
         f"Convention: {metrics['delta_m']['convention']}; baseline: {metrics['delta_m']['baseline']}.",
-        f"- Retention (student/teacher, ≥ 1 means at least as good): "
+        "- Retention (student/teacher, ≥ 1 means at least as good): "
         + ", ".join(f"{t}.{m} {v:.3f}" for t, ms in metrics["retention"]["student"].items() for m, v in ms.items()),
         "", "## Speed and size", "",
         f"Batch-1 latency, {s['runtime']}, median of interleaved rounds:", "",

@@ -101,10 +101,10 @@ def _resize(sample: dict, size: tuple[int, int]) -> dict:
     sy, sx = h / h0, w / w0
     # antialiasing only matters when shrinking, and its kernel is several times slower
     smooth = h < h0 or w < w0
-    out = _map_dense(
-        sample,
-        lambda t, mode: F.resize(t, [h, w], interpolation=mode, antialias=smooth and mode == InterpolationMode.BILINEAR),
-    )
+    def resize(t: torch.Tensor, mode: InterpolationMode) -> torch.Tensor:
+        return F.resize(t, [h, w], interpolation=mode, antialias=smooth and mode == InterpolationMode.BILINEAR)
+
+    out = _map_dense(sample, resize)
     scale = torch.tensor([sx, sy, sx, sy])
     affine = torch.tensor([[sx, 0.0, 0.5 * sx - 0.5], [0.0, sy, 0.5 * sy - 0.5], [0.0, 0.0, 1.0]])
     return _map_geometry(out, lambda b: b * scale, lambda k: affine.to(k) @ k)

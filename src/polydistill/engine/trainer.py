@@ -204,7 +204,8 @@ class Trainer:
             TextColumn("loss {task.fields[loss]:.4f}  {task.fields[speed]:.1f} img/s"), TimeRemainingColumn(),
             disable=not (self.cfg.progress and self.accelerator.is_main_process), transient=False,
         )
-        bar = progress.add_task(self.run_dir.name, total=self.total_steps, completed=self.step, loss=float("nan"), speed=0.0)
+        bar = progress.add_task(self.run_dir.name, total=self.total_steps, completed=self.step,
+                                loss=float("nan"), speed=0.0)
         try:
             with progress:
                 while self.step < end:
@@ -218,7 +219,8 @@ class Trainer:
                         if log is not None:
                             log.write(row)
                         progress.update(bar, completed=self.step, loss=loss_value, speed=speed)
-                        if self.val_set is not None and (self.step % self.val_every == 0 or self.step == self.total_steps):
+                        due = self.step % self.val_every == 0 or self.step == self.total_steps
+                        if self.val_set is not None and due:
                             last_metrics = self._after_validation(self.validate(), log)
                         if self.step % self.save_every == 0 or self.step >= end:
                             self.save("last", last_metrics)
@@ -268,7 +270,8 @@ class Trainer:
             row[f"weight/{term_key(*key)}"] = float(weights[key])
         return float(loss.detach()), row
 
-    def _after_validation(self, metrics: dict[str, dict[str, float]], log: StepLog | None) -> dict[str, dict[str, float]]:
+    def _after_validation(self, metrics: dict[str, dict[str, float]],
+                          log: StepLog | None) -> dict[str, dict[str, float]]:
         self.weighting.feedback(metrics, self.step)
         score = self._selection_score(metrics)
         if self.accelerator.is_main_process:

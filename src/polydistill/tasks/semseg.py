@@ -18,7 +18,6 @@ from ..registry import did_you_mean
 from . import TASKS
 from .base import Metric, Task
 
-
 DISTILL_MODES = ("kl", "hard")
 
 
