@@ -28,13 +28,12 @@ from . import __version__
 from .config import load_config
 from .data import FolderDataset
 from .data.shapescenes import GENERATOR_VERSION, generate_split
-from .engine.checkpoint import find_checkpoint, load_spec, load_weights
 from .evaluation.delta_m import delta_m, retention
 from .evaluation.evaluate import evaluate, student_predictor
+from .evaluation.report import load_student
 from .evaluation.speed import count_parameters, measure_latency
 from .report import write_demo_report
 from .run import train_run
-from .students import build_student
 from .teachers import CheckpointTeacher
 
 #: bump when the generator or the training recipe changes, so cached data and teachers are rebuilt
@@ -163,13 +162,6 @@ def train_teachers(preset: Preset, splits: dict[str, Path], split_fps: dict[str,
     return paths
 
 
-def _load_student(run_dir: Path):
-    ckpt = find_checkpoint(run_dir)
-    model, tasks = build_student(load_spec(ckpt))
-    load_weights(model, ckpt)
-    return model.eval(), tasks
-
-
 def run_demo(out: str | Path, preset_name: str = "default", *, seed: int = 0, workers: int | None = None,
              progress: bool = True, log=print) -> dict[str, Any]:
     preset = PRESETS[preset_name]
@@ -220,8 +212,10 @@ def run_demo(out: str | Path, preset_name: str = "default", *, seed: int = 0, wo
         "peak_rss_children_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
     }
     metrics["preset"] = {"name": preset_name, **asdict(preset)}
-    metrics["data"] = {name: {"folder": str(p), **FolderDataset(p, ("depth", "semseg")).label_counts(),
-                              "images": len(FolderDataset(p, ("depth", "semseg")))} for name, p in splits.items()}
+    metrics["data"] = {}
+    for name, folder in splits.items():
+        data = FolderDataset(folder, ("depth", "semseg"))
+        metrics["data"][name] = {"folder": str(folder), "images": len(data), **data.label_counts()}
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     write_demo_report(out, metrics, splits["test"], teacher_runs)
     return metrics
@@ -237,7 +231,7 @@ def evaluate_demo(preset: Preset, splits: dict[str, Path], teacher_runs: dict[st
         results["teachers"][name] = evaluate(teacher.to(device).predict, teacher_tasks, test, device=device)
     students = {}
     for key in ("student", "label_only"):
-        model, tasks = _load_student(out / key)
+        model, tasks, _ = load_student(out / key)
         students[key] = (model, tasks)
         results[key] = evaluate(student_predictor(model.to(device), tasks), tasks, test, device=device)
 

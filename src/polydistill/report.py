@@ -104,8 +104,8 @@ def _metric_table(metrics: dict[str, Any], task: str, keys: list[str]) -> list[s
 
 
 def write_demo_report(out: Path, metrics: dict[str, Any], test_dir: Path, teacher_runs: dict[str, Path]) -> Path:
-    from .demo import _load_student  # local import: demo imports this module
     from .evaluation.evaluate import student_predictor
+    from .evaluation.report import load_student
     from .teachers import CheckpointTeacher
 
     runs = {"student": out / "student", "label_only": out / "label_only", **teacher_runs}
@@ -116,7 +116,7 @@ def write_demo_report(out: Path, metrics: dict[str, Any], test_dir: Path, teache
         teacher = CheckpointTeacher(name, run)
         predictors[name] = (teacher.predict, {t: teacher.task_objects[t] for t in teacher.tasks})
     for who in ("student", "label_only"):
-        model, tasks = _load_student(out / who)
+        model, tasks, _ = load_student(out / who)
         predictors[who] = (student_predictor(model, tasks), tasks)
     size = tuple(metrics["speed"]["image_size"])
     plot_samples(test_dir, predictors, out / "samples.png", size)

@@ -27,6 +27,13 @@ from .tasks import TASKS
 from .teachers import TEACHER_SOURCES, Teacher, build_teacher
 
 
+class LabelledSubset(Subset):
+    """The images that carry at least one label; forwards ``set_epoch`` so augmentation stays per-epoch."""
+
+    def set_epoch(self, epoch: int) -> None:
+        self.dataset.set_epoch(epoch)
+
+
 @dataclass
 class RunResult:
     run_dir: Path
@@ -118,9 +125,7 @@ def train_run(cfg: RunConfig, run_dir: str | Path, *, resume: bool = False,
 
     sampled: Dataset = train_set
     if cfg.data.labelled_only:
-        keep = [i for i in range(len(plain_train)) if plain_train.has_any_label(i)]
-        sampled = Subset(train_set, keep)
-        sampled.set_epoch = train_set.set_epoch  # type: ignore[attr-defined]
+        sampled = LabelledSubset(train_set, [i for i in range(len(plain_train)) if plain_train.has_any_label(i)])
 
     online: list[Teacher] = []
     if teachers and cfg.distill.precompute_teachers:
@@ -142,7 +147,7 @@ def train_run(cfg: RunConfig, run_dir: str | Path, *, resume: bool = False,
     summary = {
         "steps": fit.steps, "best_step": fit.best_step, "best_metrics": fit.best_metrics,
         "last_metrics": fit.last_metrics, "train_seconds": fit.train_seconds,
-        "samples_per_second": fit.samples_per_second,
+        "samples_per_second": fit.samples_per_second, "skipped_steps": fit.skipped_steps,
     }
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return RunResult(run_dir=run_dir, fit=fit, spec=spec)

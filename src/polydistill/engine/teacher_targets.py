@@ -33,9 +33,6 @@ class TeacherOutputStore:
     def __call__(self, index: int) -> dict[str, dict[str, torch.Tensor]]:
         return {t: {task: m[index].float() for task, m in tasks.items()} for t, tasks in self.maps.items()}
 
-    def nbytes(self) -> int:
-        return sum(m.numel() * m.element_size() for tasks in self.maps.values() for m in tasks.values())
-
 
 def outputs_fingerprint(teachers: list[Teacher], dataset: FolderDataset) -> str:
     h = hashlib.sha256(dataset.fingerprint().encode())

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +44,7 @@ class FitResult:
     last_metrics: dict[str, dict[str, float]] | None
     train_seconds: float
     samples_per_second: float
-    history: list[dict[str, Any]] = field(default_factory=list)
+    skipped_steps: int = 0  # batches with no label and no teacher output (no update was made)
 
 
 def make_accelerator(mixed_precision: str) -> Accelerator:
@@ -236,7 +236,7 @@ class Trainer:
         elapsed = time.perf_counter() - t_start
         return FitResult(
             steps=self.step, best_step=self.best_step, best_metrics=self.best_metrics, last_metrics=last_metrics,
-            train_seconds=elapsed, samples_per_second=seen / max(elapsed, 1e-9),
+            train_seconds=elapsed, samples_per_second=seen / max(elapsed, 1e-9), skipped_steps=self.skipped_steps,
         )
 
     def _train_step(self, batch: dict) -> tuple[float, dict[str, Any]]:
