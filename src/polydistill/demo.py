@@ -66,19 +66,21 @@ PRESETS: dict[str, Preset] = {
         height=48, width=64, teacher_images=96, pool_images=128, pool_label_fraction=0.25, val_images=24,
         test_images=32, teacher_backbone="resnet18", teacher_neck=64, teacher_steps=40, teacher_batch=8,
         student_backbone="mobilenetv3_small_100", student_neck=32, student_steps=40, student_batch=8,
-        lr=6e-3, teacher_lr=3e-3,
+        lr=1e-2, teacher_lr=3e-3,
     ),
     "default": Preset(
         height=96, width=128, teacher_images=800, pool_images=1600, pool_label_fraction=0.05, val_images=200,
         test_images=320, teacher_backbone="resnet18", teacher_neck=96, teacher_steps=450, teacher_batch=8,
         student_backbone="mobilenetv3_small_100", student_neck=32, student_steps=500, student_batch=8,
-        lr=6e-3, teacher_lr=3e-3,
+        lr=1e-2, teacher_lr=3e-3,
     ),
 }
 
 TEACHER_TASKS = {"depth_teacher": "depth", "seg_teacher": "semseg"}
-#: one recipe for every model of the demo; class balancing helps the small classes in short schedules
+#: task options of every model in the demo; class balancing helps the small classes in short schedules
 TASK_OPTIONS: dict[str, dict[str, Any]] = {"depth": {}, "semseg": {"class_balance": 0.5}}
+#: the students' options add the distillation temperature (T = 2 beat 1 and 4 on validation mIoU)
+STUDENT_TASK_OPTIONS: dict[str, dict[str, Any]] = {"depth": {}, "semseg": {"class_balance": 0.5, "temperature": 2.0}}
 
 
 def cache_root() -> Path:
@@ -127,13 +129,14 @@ def generate_data(preset: Preset, seed: int, workers: int | None) -> tuple[dict[
 
 def _base_config(preset: Preset, train: Path, val: Path, *, tasks: dict, backbone: str, neck: int,
                  steps: int, batch: int, lr: float, seed: int, progress: bool,
-                 zoom: tuple[float, float]) -> dict[str, Any]:
+                 zoom: tuple[float, float], lr_floor: float = 0.01) -> dict[str, Any]:
     return {
         "data": {"train": str(train), "val": str(val), "height": preset.height, "width": preset.width,
                  "batch_size": batch, "augment": {"hflip": 0.5, "scale": list(zoom)}},
         "tasks": tasks,
         "student": {"backbone": backbone, "neck_channels": neck},
-        "train": {"max_steps": steps, "lr": lr, "warmup_steps": max(1, steps // 20), "seed": seed,
+        "train": {"max_steps": steps, "lr": lr, "min_lr_ratio": lr_floor, "warmup_steps": max(1, steps // 20),
+                  "seed": seed,
                   "val_every": max(1, math.ceil(steps / 4)), "progress": progress},
     }
 
@@ -179,10 +182,11 @@ def run_demo(out: str | Path, preset_name: str = "default", *, seed: int = 0, wo
     teacher_runs = train_teachers(preset, splits, split_fps, seed, progress, log)
     timings["teachers_s"] = time.perf_counter() - t
 
-    # students: a few epochs over the pool, so no zoom augmentation (flips only), same for both students
-    common = dict(tasks=TASK_OPTIONS, backbone=preset.student_backbone, neck=preset.student_neck,
+    # students: a few epochs over the pool, so no zoom augmentation (flips only), and a high learning rate
+    # that stays high (cosine floor at 20 %): on validation this beat lr 6e-3 with a 1 % floor by 0.07 mIoU
+    common = dict(tasks=STUDENT_TASK_OPTIONS, backbone=preset.student_backbone, neck=preset.student_neck,
                   steps=preset.student_steps, batch=preset.student_batch, lr=preset.lr, seed=seed, progress=progress,
-                  zoom=(1.0, 1.0))
+                  zoom=(1.0, 1.0), lr_floor=0.2)
 
     log(f"[3/5] distilling both teachers into a {preset.student_backbone} student on {preset.pool_images} pool images")
     t = time.perf_counter()
