@@ -71,7 +71,7 @@ PRESETS: dict[str, Preset] = {
     "default": Preset(
         height=96, width=128, teacher_images=800, pool_images=1600, pool_label_fraction=0.05, val_images=200,
         test_images=320, teacher_backbone="resnet18", teacher_neck=96, teacher_steps=450, teacher_batch=8,
-        student_backbone="mobilenetv3_small_100", student_neck=32, student_steps=500, student_batch=8,
+        student_backbone="mobilenetv3_small_100", student_neck=32, student_steps=600, student_batch=8,
         lr=1e-2, teacher_lr=3e-3,
     ),
 }
