@@ -51,8 +51,8 @@ def test_wrong_type_names_the_key(tmp_path):
 
 
 def test_unknown_component_names_suggest(tmp_path):
-    cfg = load_config(write(tmp_path, "a.yaml", BASE), ["distill.weighting=statik"])
-    with pytest.raises(ConfigError, match=r"unknown weighting 'statik'.*did you mean 'static'"):
+    cfg = load_config(write(tmp_path, "a.yaml", BASE), ["distill.teacher_weighting=statik"])
+    with pytest.raises(ConfigError, match=r"unknown teacher weighting 'statik'.*did you mean 'static'"):
         check_names(cfg)
     cfg = load_config(write(tmp_path, "b.yaml", BASE.replace("depth: {}", "dpeth: {}")))
     with pytest.raises(ConfigError, match=r"unknown task 'dpeth'.*did you mean 'depth'"):

@@ -66,18 +66,60 @@ class TeacherConfig(StrictModel):
     tasks: list[str] | None = Field(None, description="student tasks it teaches (default: all it can)")
 
 
+class StrategyConfig(StrictModel):
+    """A weighting strategy by registered name plus its hyperparameters (checked by the strategy)."""
+
+    name: str
+    options: dict[str, Any] = Field(default_factory=dict, description="strategy hyperparameters")
+
+
+def _strategy(value: Any) -> Any:
+    """Accept ``rl`` or ``{name: rl, update: reinforce}`` (options beside the name) in YAML."""
+    if isinstance(value, str):
+        return {"name": value}
+    if isinstance(value, dict) and "options" not in value:
+        value = dict(value)
+        return {"name": value.pop("name", None), "options": value}
+    return value
+
+
+class TrajectoryConfig(StrictModel):
+    """JointDistill's knowledge trajectory (our documented interpretation, see distill/trajectory.py)."""
+
+    memory: Literal["ema", "snapshots"] = Field("ema", description="an EMA copy or K periodic snapshots")
+    ema_decay: float = Field(0.99, gt=0, lt=1)
+    snapshot_every: int = Field(100, gt=0, description="steps between snapshots (memory: snapshots)")
+    num_snapshots: int = Field(3, gt=0)
+    age_decay: float = Field(0.5, gt=0, le=1, description="weight of snapshot k steps back: age_decay**k")
+    weight: float = Field(1.0, ge=0, description="weight of the trajectory term of a task")
+    tolerance: float = Field(0.0, ge=0, description="a task is 'dropped' when its score falls more than this "
+                             "(relative) below its best validation score")
+    always: bool = Field(False, description="apply to every task at every step, not only to dropped tasks")
+
+
 class DistillConfig(StrictModel):
-    weighting: str = Field("static", description="how the loss table is combined into one scalar")
+    teacher_weighting: StrategyConfig = Field(
+        StrategyConfig(name="static"), description="how teachers of a task are weighted (static, feedback, rl, ...)"
+    )
+    task_weighting: StrategyConfig = Field(
+        StrategyConfig(name="equal"), description="how tasks are balanced (equal, uncertainty, dwa, gradnorm)"
+    )
     gt_weight: float = Field(1.0, ge=0, description="weight of ground-truth terms")
     teacher_weight: float = Field(1.0, ge=0, description="weight of each teacher term")
     task_weights: dict[str, float] = Field(default_factory=dict, description="per-task multiplier")
     teacher_weights: dict[str, float] = Field(default_factory=dict, description="per-teacher multiplier")
+    trajectory: TrajectoryConfig | None = Field(None, description="knowledge trajectory against forgetting")
     precompute_teachers: bool = Field(
         True, description="run teachers once on un-augmented images and augment their maps with the image"
     )
     teacher_cache: str | None = Field(
         None, description="folder keeping precomputed teacher maps between runs (keyed by weights and data)"
     )
+
+    @field_validator("teacher_weighting", "task_weighting", mode="before")
+    @classmethod
+    def _strategy_shorthand(cls, v: Any) -> Any:
+        return _strategy(v)
 
 
 class TrainConfig(StrictModel):
@@ -88,6 +130,7 @@ class TrainConfig(StrictModel):
     warmup_steps: int = Field(50, ge=0)
     min_lr_ratio: float = Field(0.01, ge=0, le=1, description="cosine schedule floor as a fraction of lr")
     grad_clip: float | None = Field(5.0, gt=0, description="global gradient-norm clip; null disables")
+    grad_accum_steps: int = Field(1, gt=0, description="micro-batches of data.batch_size per optimizer step")
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     val_every: int | None = Field(None, gt=0, description="validate every N steps (default: every epoch)")
     save_every: int | None = Field(None, gt=0, description="write the 'last' checkpoint every N steps")

@@ -17,10 +17,12 @@ from torch.utils.data import Dataset, Subset
 from .config import RunConfig, save_config
 from .data import FolderDataset, build_train_transform
 from .distill import Objective
-from .distill.weighting import WEIGHTINGS, build_weighting
+from .distill.trajectory import KnowledgeTrajectory
+from .distill.weighting import TASK_WEIGHTINGS, TEACHER_WEIGHTINGS, build_weighting
 from .engine.teacher_targets import precompute_teacher_outputs
 from .engine.trainer import FitResult, Trainer
 from .errors import ConfigError
+from .evaluation.evaluate import evaluate
 from .registry import did_you_mean
 from .students import build_student
 from .tasks import TASKS
@@ -66,7 +68,8 @@ def check_names(cfg: RunConfig) -> None:
     """Fail fast on unknown component names, before data or models are touched."""
     for name in cfg.tasks:
         TASKS.get(name)
-    WEIGHTINGS.get(cfg.distill.weighting)
+    TEACHER_WEIGHTINGS.get(cfg.distill.teacher_weighting.name)
+    TASK_WEIGHTINGS.get(cfg.distill.task_weighting.name)
     for t in cfg.teachers:
         TEACHER_SOURCES.get(t.source)
         for task in t.tasks or []:
@@ -97,6 +100,23 @@ def build_datasets(cfg: RunConfig) -> tuple[Dataset, FolderDataset, FolderDatase
     if val is not None and Path(cfg.data.val).resolve() == Path(cfg.data.train).resolve():
         raise ConfigError("data.val is the training folder: validation must use images the student never trains on")
     return train, plain, val
+
+
+def teacher_validation_metrics(teachers: list[Teacher], tasks: dict, val_set: Dataset | None,
+                               cfg: RunConfig) -> dict[str, dict[str, dict[str, float]]]:
+    """Every teacher's metrics on the validation split (strategies that compare the student with them)."""
+    if val_set is None:
+        raise ConfigError(
+            f"distill.teacher_weighting '{cfg.distill.teacher_weighting.name}' compares the student with its "
+            "teachers on validation data: set data.val"
+        )
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    out = {}
+    for teacher in teachers:
+        teacher.to(device)
+        own = {t: tasks[t] for t in teacher.tasks}
+        out[teacher.name] = evaluate(teacher.predict, own, val_set, batch_size=cfg.data.batch_size * 2, device=device)
+    return out
 
 
 def train_run(cfg: RunConfig, run_dir: str | Path, *, resume: bool = False,
@@ -137,11 +157,17 @@ def train_run(cfg: RunConfig, run_dir: str | Path, *, resume: bool = False,
     else:
         online = teachers
 
+    weighting = build_weighting(cfg.distill, tasks, teachers_per_task)
+    if weighting.needs_teacher_metrics:
+        weighting.teacher.set_teacher_metrics(teacher_validation_metrics(teachers, tasks, val_set, cfg))
+    trajectory = KnowledgeTrajectory(cfg.distill.trajectory, model, tasks) if cfg.distill.trajectory else None
+
     save_config(cfg, run_dir / "config.yaml")
+    objective = Objective(tasks, teachers_per_task, trajectory_tasks=list(tasks) if trajectory else None)
     trainer = Trainer(
-        model=model, spec=spec, tasks=tasks, objective=Objective(tasks, teachers_per_task),
-        weighting=build_weighting(cfg.distill), train_set=sampled, val_set=val_set, cfg=cfg.train,
-        batch_size=cfg.data.batch_size, num_workers=cfg.data.num_workers, run_dir=run_dir, online_teachers=online,
+        model=model, spec=spec, tasks=tasks, objective=objective, weighting=weighting, train_set=sampled,
+        val_set=val_set, cfg=cfg.train, batch_size=cfg.data.batch_size, num_workers=cfg.data.num_workers,
+        run_dir=run_dir, online_teachers=online, trajectory=trajectory,
     )
     fit = trainer.fit(resume=resume, stop_at_step=stop_at_step)
     summary = {

@@ -4,7 +4,7 @@ Layout of one checkpoint directory::
 
     model.safetensors     student weights (what `eval`, `predict` and teachers load)
     model.json            the model spec (tasks and architecture) to rebuild the network
-    training.safetensors  optimizer tensors and the torch RNG state (resume only)
+    training.safetensors  optimizer, weighting and trajectory tensors, the torch RNG state (resume only)
     state.json            step, epoch, scheduler, weighting, optimizer scalars, RNG states, metrics
 
 A checkpoint is first written to a temporary sibling directory and then renamed into place, so an
@@ -47,6 +47,16 @@ def _split_tensors(obj: Any, prefix: str, tensors: dict[str, torch.Tensor]) -> A
     return obj
 
 
+def _has_tensor(obj: Any) -> bool:
+    if isinstance(obj, torch.Tensor):
+        return True
+    if isinstance(obj, dict):
+        return any(_has_tensor(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return any(_has_tensor(v) for v in obj)
+    return False
+
+
 def _join_tensors(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
     if isinstance(obj, dict) and "__tensor__" in obj:
         return tensors[obj["__tensor__"]]
@@ -82,8 +92,8 @@ def save_checkpoint(directory: str | Path, *, model: nn.Module, spec: dict[str, 
     try:
         save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp / MODEL_FILE))
         (tmp / SPEC_FILE).write_text(json.dumps(spec, indent=2))
-        full_state = dict(state or {})
         tensors: dict[str, torch.Tensor] = {"rng.torch": torch.get_rng_state()}
+        full_state = {k: _split_tensors(v, k, tensors) if _has_tensor(v) else v for k, v in (state or {}).items()}
         if optimizer is not None:
             full_state["optimizer"] = _split_tensors(optimizer.state_dict(), "optimizer", tensors)
         full_state["rng"] = rng_state()
@@ -147,4 +157,4 @@ def load_training_state(directory: str | Path, optimizer: torch.optim.Optimizer 
     if optimizer is not None and "optimizer" in state:
         optimizer.load_state_dict(_join_tensors(state["optimizer"], tensors))
     set_rng_state(state["rng"], tensors.get("rng.torch"))
-    return state
+    return {k: _join_tensors(v, tensors) if k != "optimizer" else v for k, v in state.items()}

@@ -1,16 +1,20 @@
 """The training loop, on Hugging Face Accelerate.
 
-One step: teacher outputs (precomputed maps in the batch, or teachers run online under ``no_grad``) →
-student → objective (loss table) → weighting (one scalar) → backward, clipping, optimizer step. Every
-``val_every`` steps the student is validated, the weighting gets the metrics as feedback, and the best
-checkpoint is kept. The engine owns backward, mixed precision and gradient sync — never a weighting —
-and holds no task- or method-specific code.
+One step: for each of ``grad_accum_steps`` micro-batches, teacher outputs (precomputed maps in the
+batch, or teachers run online under ``no_grad``) and the trajectory memory's outputs → student →
+objective (loss table) → weighting phase one (task losses) → [per-task gradient norms on the shared
+features, for strategies that ask] → weighting phase two (one scalar) → backward; then clipping,
+optimizer step (student and the strategies' own parameters), and the strategies' ``after_step``.
+Every ``val_every`` steps the student is validated, the weighting and the trajectory get the metrics as
+feedback, and the best checkpoint is kept. The engine owns backward, mixed precision, accumulation and
+gradient sync — never a weighting — and holds no task- or method-specific code.
 """
 
 from __future__ import annotations
 
 import math
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +28,8 @@ from torch.utils.data import DataLoader, Dataset
 from ..config import TrainConfig
 from ..data.collate import collate, move_batch
 from ..distill.objective import Objective
-from ..distill.weighting import Weighting
+from ..distill.trajectory import KnowledgeTrajectory
+from ..distill.weighting import StepContext, Weighting
 from ..errors import TrainingError
 from ..evaluation.delta_m import delta_m
 from ..evaluation.evaluate import evaluate, student_predictor
@@ -64,7 +69,8 @@ class Trainer:
     def __init__(self, *, model: torch.nn.Module, spec: dict[str, Any], tasks: dict[str, Task],
                  objective: Objective, weighting: Weighting, train_set: Dataset, val_set: Dataset | None,
                  cfg: TrainConfig, batch_size: int, num_workers: int, run_dir: Path,
-                 online_teachers: list[Teacher] | None = None, accelerator: Accelerator | None = None):
+                 online_teachers: list[Teacher] | None = None, accelerator: Accelerator | None = None,
+                 trajectory: KnowledgeTrajectory | None = None):
         self.cfg = cfg
         self.spec = spec
         self.tasks = tasks
@@ -77,23 +83,30 @@ class Trainer:
         self.accelerator = accelerator or make_accelerator(cfg.mixed_precision)
         self.device = self.accelerator.device
         self.online_teachers = [t.to(self.device) for t in (online_teachers or [])]
+        self.weighting.to(self.device)
         decay, no_decay = [], []
         for p in model.parameters():
             (decay if p.ndim >= 2 else no_decay).append(p)  # no weight decay on norms and biases
-        optimizer = torch.optim.AdamW(
-            [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-            lr=cfg.lr,
-        )
+        groups = [{"params": decay, "weight_decay": cfg.weight_decay, "lr": cfg.lr},
+                  {"params": no_decay, "weight_decay": 0.0, "lr": cfg.lr}, *weighting.param_groups(cfg.lr)]
+        for group in groups:
+            group["base_lr"] = group["lr"]
+        optimizer = torch.optim.AdamW(groups, lr=cfg.lr)
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
+        self.trajectory = trajectory
+        self._shared: torch.Tensor | None = None
+        if weighting.needs_rep_grads:
+            self._hook_shared_features()
+        self.accum = cfg.grad_accum_steps
         self.sampler_args = dict(
             size=len(train_set), seed=cfg.seed, batch_size=batch_size,
             rank=self.accelerator.process_index, world_size=self.accelerator.num_processes,
         )
-        self.steps_per_epoch = EpochSampler(epoch=0, **self.sampler_args).batches_per_epoch()
+        self.steps_per_epoch = EpochSampler(epoch=0, **self.sampler_args).batches_per_epoch() // self.accum
         if self.steps_per_epoch == 0:
             raise TrainingError(
-                f"the training set has {len(train_set)} images, fewer than one batch of {batch_size}: "
-                "lower data.batch_size or add images"
+                f"the training set has {len(train_set)} images, fewer than one step of {self.accum} batch(es) of "
+                f"{batch_size}: lower data.batch_size or train.grad_accum_steps, or add images"
             )
         self.total_steps = cfg.max_steps or cfg.epochs * self.steps_per_epoch
         self.val_every = cfg.val_every or self.steps_per_epoch
@@ -116,13 +129,15 @@ class Trainer:
             "best_step": self.best_step,
             "best_metrics": self.best_metrics,
             "selection_baseline": self.selection_baseline,
-            "weighting": self.weighting.state_dict(),
+            "weighting": dict(self.weighting.state_dict()),
         }
 
     def save(self, name: str, metrics: dict[str, dict[str, float]] | None = None) -> None:
         if not self.accelerator.is_main_process:
             return
         state = self._state()
+        if self.trajectory is not None and name == "last":
+            state["trajectory"] = self.trajectory.state_dict()
         if metrics is not None:
             state["metrics"] = metrics
         save_checkpoint(
@@ -146,6 +161,8 @@ class Trainer:
         self.best_score, self.best_step = state["best_score"], state["best_step"]
         self.best_metrics, self.selection_baseline = state["best_metrics"], state["selection_baseline"]
         self.weighting.load_state_dict(state["weighting"])
+        if self.trajectory is not None and "trajectory" in state:
+            self.trajectory.load_state_dict(state["trajectory"])
         truncate_after(self.run_dir / "steps.csv", self.step)
         truncate_after(self.run_dir / "val.jsonl", self.step)
         return True
@@ -178,6 +195,28 @@ class Trainer:
             outputs[teacher.name] = teacher.predict(batch["image"])
         return outputs
 
+    def _hook_shared_features(self) -> None:
+        """Record the shared feature map (the neck output) so task-loss gradients on it can be taken."""
+        model = self.accelerator.unwrap_model(self.model)
+        module = getattr(model, "neck", None)
+        if module is None:
+            raise TrainingError(
+                f"{type(model).__name__} has no 'neck' module, which strategies using gradients on the shared "
+                "features (gradnorm) need; choose another distill.task_weighting"
+            )
+
+        def keep(_module, _inputs, output):
+            self._shared = output
+
+        module.register_forward_hook(keep)
+
+    def _shared_grad_norms(self, losses: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        norms = {}
+        for task, loss in losses.items():
+            (grad,) = torch.autograd.grad(loss, self._shared, retain_graph=True, allow_unused=True)
+            norms[task] = grad.float().norm() if grad is not None else torch.zeros((), device=loss.device)
+        return norms
+
     def _loader(self, epoch: int, skip_batches: int) -> DataLoader:
         if hasattr(self.train_set, "set_epoch"):
             self.train_set.set_epoch(epoch)
@@ -186,15 +225,19 @@ class Trainer:
                           collate_fn=collate, num_workers=self.num_workers,
                           persistent_workers=False, pin_memory=self.device.type == "cuda")
 
+    def log_columns(self) -> list[str]:
+        columns = ["step", "epoch", "lr", "loss", "samples_per_s"]
+        for task, source in self.objective.sources():
+            columns += [f"loss/{term_key(task, source)}", f"weight/{term_key(task, source)}"]
+        return columns + self.weighting.log_columns()
+
     def fit(self, *, resume: bool = False, stop_at_step: int | None = None) -> FitResult:
         """Train to ``total_steps`` (or stop early at ``stop_at_step``, as an interruption would)."""
         resumed = self.resume() if resume else False
         if resume and not resumed:
             self.accelerator.print("no checkpoint to resume from; starting from step 0")
-        columns = ["step", "epoch", "lr", "loss", "samples_per_s"]
-        for task, source in self.objective.sources():
-            columns += [f"loss/{term_key(task, source)}", f"weight/{term_key(task, source)}"]
-        log = StepLog(self.run_dir / "steps.csv", columns, resume=resumed) if self.accelerator.is_main_process else None
+        log = (StepLog(self.run_dir / "steps.csv", self.log_columns(), resume=resumed)
+               if self.accelerator.is_main_process else None)
         self.model.train()
         end = min(self.total_steps, stop_at_step or self.total_steps)
         last_metrics = None
@@ -210,11 +253,14 @@ class Trainer:
             with progress:
                 while self.step < end:
                     epoch, skip = divmod(self.step, self.steps_per_epoch)
-                    for batch in self._loader(epoch, skip):
+                    batches = iter(self._loader(epoch, skip * self.accum))
+                    for _ in range(self.steps_per_epoch - skip):
                         t0 = time.perf_counter()
-                        loss_value, row = self._train_step(move_batch(batch, self.device))
-                        seen += batch["image"].shape[0]
-                        speed = batch["image"].shape[0] / max(time.perf_counter() - t0, 1e-9)
+                        micro = [move_batch(next(batches), self.device) for _ in range(self.accum)]
+                        loss_value, row = self._train_step(micro)
+                        images = sum(b["image"].shape[0] for b in micro)
+                        seen += images
+                        speed = images / max(time.perf_counter() - t0, 1e-9)
                         row.update(step=self.step, epoch=epoch, loss=loss_value, samples_per_s=speed)
                         if log is not None:
                             log.write(row)
@@ -239,45 +285,78 @@ class Trainer:
             train_seconds=elapsed, samples_per_second=seen / max(elapsed, 1e-9), skipped_steps=self.skipped_steps,
         )
 
-    def _train_step(self, batch: dict) -> tuple[float, dict[str, Any]]:
-        lr = self.cfg.lr * warmup_cosine(self.step, self.total_steps, self.cfg.warmup_steps, self.cfg.min_lr_ratio)
-        for group in self.optimizer.param_groups:
-            group["lr"] = lr
+    def _context(self, micro_batch: int = 0) -> StepContext:
+        return StepContext(step=self.step, steps_per_epoch=self.steps_per_epoch, seed=self.cfg.seed,
+                           micro_batch=micro_batch)
+
+    def _micro_step(self, batch: dict, index: int, count: int) -> tuple[float, dict[str, Any]] | None:
+        """Forward, loss and backward of one micro-batch (gradients accumulate); None if it has no signal."""
         teacher_outputs = self._teacher_outputs(batch)
+        ctx = self._context(index)
         with self.accelerator.autocast():
+            memory = self.trajectory.outputs(batch["image"]) if self.trajectory is not None else None
             raw = self.model(batch["image"])
-        table = self.objective(raw, batch, teacher_outputs)
-        if not table:  # no label and no teacher output in this batch (sparse labels, no teachers)
-            self.step += 1
-            self.skipped_steps += 1
-            return float("nan"), {"lr": lr}
-        loss, weights = self.weighting.combine(table, self.step)
+        table = self.objective(raw, batch, teacher_outputs, memory_outputs=memory,
+                               pixel_weighting=self.weighting.pixel_weights,
+                               teacher_stats=self.weighting.needs_teacher_stats)
+        phase = self.weighting.task_losses(table, ctx)
+        if not phase.losses:  # no label and no teacher output in this batch (sparse labels, no teachers)
+            return None
+        norms = self._shared_grad_norms(phase.losses) if self.weighting.needs_rep_grads else None
+        loss, row = self.weighting.total(phase, ctx, norms)
         if not torch.isfinite(loss):
             terms = ", ".join(f"{term_key(*k)}={float(t.value.detach()):.4g}" for k, t in table.items())
             raise TrainingError(
                 f"the loss became {float(loss.detach())} at step {self.step} ({terms}); lower train.lr, set "
                 f"train.grad_clip, or check the labels — the last good checkpoint is {self.ckpt_dir / 'last'}"
             )
+        self.accelerator.backward(loss / count)
+        for key, term in table.items():
+            row[f"loss/{term_key(*key)}"] = float(term.value.detach())
+        return float(loss.detach()), row
+
+    def _train_step(self, micro: list[dict]) -> tuple[float, dict[str, Any]]:
+        factor = warmup_cosine(self.step, self.total_steps, self.cfg.warmup_steps, self.cfg.min_lr_ratio)
+        for group in self.optimizer.param_groups:
+            group["lr"] = group["base_lr"] * factor
+        lr = self.cfg.lr * factor
         self.optimizer.zero_grad(set_to_none=True)
-        self.accelerator.backward(loss)
+        results = []
+        for i, batch in enumerate(micro):
+            last = i == len(micro) - 1
+            with nullcontext() if last else self.accelerator.no_sync(self.model):
+                result = self._micro_step(batch, i, len(micro))
+            if result is not None:
+                results.append(result)
+        if not results:
+            self.step += 1
+            self.skipped_steps += 1
+            return float("nan"), {"lr": lr}
         if self.cfg.grad_clip is not None:
             self.accelerator.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
         self.optimizer.step()
         self.step += 1
+        self.weighting.after_step(self._context())
+        if self.trajectory is not None:
+            self.trajectory.update(self.accelerator.unwrap_model(self.model), self.step)
         row: dict[str, Any] = {"lr": lr}
-        for key, term in table.items():
-            row[f"loss/{term_key(*key)}"] = float(term.value.detach())
-            row[f"weight/{term_key(*key)}"] = float(weights[key])
-        return float(loss.detach()), row
+        for key in {k for _, r in results for k in r}:
+            values = [r[key] for _, r in results if key in r]
+            row[key] = sum(values) / len(values)
+        return sum(v for v, _ in results) / len(results), row
 
     def _after_validation(self, metrics: dict[str, dict[str, float]],
                           log: StepLog | None) -> dict[str, dict[str, float]]:
-        self.weighting.feedback(metrics, self.step)
+        record: dict[str, Any] = {"step": self.step, "metrics": metrics}
+        record.update(self.weighting.feedback(metrics, self.step))
+        if self.trajectory is not None:
+            record["trajectory_tasks"] = self.trajectory.feedback(metrics)
         score = self._selection_score(metrics)
+        record["selection_score"] = score
         if self.accelerator.is_main_process:
             if log is not None:
                 log.flush()
-            append_jsonl(self.run_dir / "val.jsonl", {"step": self.step, "metrics": metrics, "selection_score": score})
+            append_jsonl(self.run_dir / "val.jsonl", record)
         if self.best_score is None or score > self.best_score or math.isnan(self.best_score):
             self.best_score, self.best_step, self.best_metrics = score, self.step, metrics
             self.save("best", metrics)

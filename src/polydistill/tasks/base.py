@@ -77,9 +77,25 @@ class Task(ABC):
     def supervised_loss(self, raw: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Per-sample loss ``(B,)`` against ground truth; pixels without a label do not count."""
 
+    #: a higher-is-better metric for comparing student and teacher (JointDistill's feedback ratio)
+    score_metric: ClassVar[str]
+
     @abstractmethod
-    def distill_loss(self, raw: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
-        """Per-sample loss ``(B,)`` against a teacher's task-space output."""
+    def distill_loss(self, raw: torch.Tensor, teacher: torch.Tensor,
+                     pixel_weight: torch.Tensor | None = None) -> torch.Tensor:
+        """Per-sample loss ``(B,)`` against a teacher's task-space output.
+
+        ``pixel_weight`` ``(B, 1, H, W)`` scales each pixel's contribution (per-pixel teacher weighting);
+        the sum is still divided by the pixel count, so weights with mean 1 keep the loss scale.
+        """
+
+    @abstractmethod
+    def raw_from_output(self, output: torch.Tensor) -> torch.Tensor:
+        """Inverse of :meth:`predict`: a task-space map as if a head had produced it (teacher errors)."""
+
+    def confidence(self, output: torch.Tensor) -> torch.Tensor | None:
+        """Per-pixel confidence ``(B, 1, H, W)`` in [0, 1] of a task-space output, or None if it has none."""
+        return None
 
     @abstractmethod
     def new_metric(self) -> Metric: ...

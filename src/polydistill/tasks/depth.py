@@ -53,6 +53,7 @@ class DepthTask(Task):
     name = "depth"
     metric_directions: ClassVar[dict[str, bool]] = {"abs_rel": False, "rmse": False, "delta1": True}
     primary_metric = "abs_rel"
+    score_metric = "delta1"
     target_is_label = False
 
     def __init__(
@@ -99,8 +100,12 @@ class DepthTask(Task):
     def predict(self, raw: torch.Tensor) -> torch.Tensor:
         return torch.exp(raw)
 
+    def raw_from_output(self, output: torch.Tensor) -> torch.Tensor:
+        return torch.log(output.float().clamp_min(self.min_depth))
+
     # -- losses ---------------------------------------------------------------------------------------
-    def _log_loss(self, raw: torch.Tensor, depth: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    def _log_loss(self, raw: torch.Tensor, depth: torch.Tensor, valid: torch.Tensor,
+                  pixel_weight: torch.Tensor | None = None) -> torch.Tensor:
         """Per-sample loss between log-depth ``raw`` and metric ``depth`` over ``valid`` pixels.
 
         Invalid pixels are replaced *before* the log, so neither the value nor the gradient can be NaN.
@@ -108,13 +113,20 @@ class DepthTask(Task):
         """
         raw = raw.float()
         log_t = torch.log(torch.where(valid, depth.float(), torch.ones_like(raw)))
-        d = torch.where(valid, raw - log_t, torch.zeros_like(raw)).flatten(1)
+        d = torch.where(valid, raw - log_t, torch.zeros_like(raw))
+        if pixel_weight is not None:  # weighted mean / weighted variance for SILog
+            d_abs = (d.abs() * pixel_weight).flatten(1)
+            d2 = (d.square() * pixel_weight).flatten(1)
+            dw = (d * pixel_weight).flatten(1)
+        d = d.flatten(1)
+        if pixel_weight is None:
+            d_abs, d2, dw = d.abs(), d.square(), d
         n = valid.flatten(1).sum(1)
         n_safe = n.clamp_min(1).to(d.dtype)
         if self.loss == "l1_log":
-            return d.abs().sum(1) / n_safe
-        mean_d = d.sum(1) / n_safe
-        mean_d2 = d.square().sum(1) / n_safe
+            return d_abs.sum(1) / n_safe
+        mean_d = dw.sum(1) / n_safe
+        mean_d2 = d2.sum(1) / n_safe
         var = (mean_d2 - self.silog_lambda * mean_d.square()).clamp_min(0.0)
         return torch.where(n > 0, torch.sqrt(var + SILOG_EPS), torch.zeros_like(var))
 
@@ -128,7 +140,8 @@ class DepthTask(Task):
             )
         return self._log_loss(raw, target, valid_depth(target, self.min_depth, self.max_depth))
 
-    def distill_loss(self, raw: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    def distill_loss(self, raw: torch.Tensor, teacher: torch.Tensor,
+                     pixel_weight: torch.Tensor | None = None) -> torch.Tensor:
         """Same loss family with the teacher's metric depth as target (resized bilinearly if needed)."""
         raw = _as_b1hw(raw, "raw output")
         teacher = _as_b1hw(teacher, "teacher output").detach().float()
@@ -136,7 +149,7 @@ class DepthTask(Task):
             raise ValueError(f"teacher batch {teacher.shape[0]} != student batch {raw.shape[0]}")
         if teacher.shape[-2:] != raw.shape[-2:]:
             teacher = F.interpolate(teacher, size=raw.shape[-2:], mode="bilinear", align_corners=False)
-        return self._log_loss(raw, teacher, valid_depth(teacher, self.min_depth))
+        return self._log_loss(raw, teacher, valid_depth(teacher, self.min_depth), pixel_weight)
 
     # -- evaluation -----------------------------------------------------------------------------------
     def new_metric(self) -> DepthMetric:

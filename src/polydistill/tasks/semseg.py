@@ -7,6 +7,7 @@ lets the metric take either logits or ids.
 from __future__ import annotations
 
 import colorsys
+import math
 from typing import ClassVar
 
 import numpy as np
@@ -92,6 +93,7 @@ class SemsegTask(Task):
     name = "semseg"
     metric_directions: ClassVar[dict[str, bool]] = {"miou": True, "pixel_acc": True}
     primary_metric = "miou"
+    score_metric = "miou"
     target_is_label = True
 
     def __init__(
@@ -140,6 +142,15 @@ class SemsegTask(Task):
     def predict(self, raw: torch.Tensor) -> torch.Tensor:
         return raw
 
+    def raw_from_output(self, output: torch.Tensor) -> torch.Tensor:
+        return output.float()
+
+    def confidence(self, output: torch.Tensor) -> torch.Tensor:
+        """1 − normalised entropy of the class distribution: 1 for a one-hot, 0 for a uniform one."""
+        log_p = F.log_softmax(output.float(), dim=1)
+        entropy = -(log_p.exp() * log_p).sum(1, keepdim=True)
+        return (1.0 - entropy / math.log(self.num_classes)).clamp(0.0, 1.0)
+
     def _check_logits(self, raw: torch.Tensor, what: str) -> None:
         if raw.dim() != 4 or raw.shape[1] != self.num_classes:
             raise ValueError(
@@ -182,7 +193,8 @@ class SemsegTask(Task):
         weights = per_class[safe] * valid
         return weights * (valid.sum() / weights.sum().clamp_min(1e-12))
 
-    def distill_loss(self, raw: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
+    def distill_loss(self, raw: torch.Tensor, teacher: torch.Tensor,
+                     pixel_weight: torch.Tensor | None = None) -> torch.Tensor:
         """Per-pixel loss against the teacher's logits, averaged over pixels.
 
         ``kl``: T² · KL(softmax(t/T) ‖ softmax(s/T)) summed over classes; the T² factor keeps gradient
@@ -201,6 +213,8 @@ class SemsegTask(Task):
             labels = teacher.argmax(1)
             loss = F.cross_entropy(raw.float(), labels, reduction="none")
             loss = loss * self._pixel_weights(labels, torch.ones_like(labels, dtype=torch.bool))
+            if pixel_weight is not None:
+                loss = loss * pixel_weight[:, 0]
             return loss.flatten(1).mean(1)
         t = self.temperature
         log_s = F.log_softmax(raw.float() / t, dim=1)
@@ -208,6 +222,8 @@ class SemsegTask(Task):
         kl = (log_t.exp() * (log_t - log_s)).sum(1)
         if self.class_balance:
             kl = kl * self._pixel_weights(teacher.argmax(1), torch.ones_like(kl, dtype=torch.bool))
+        if pixel_weight is not None:
+            kl = kl * pixel_weight[:, 0]
         return kl.flatten(1).mean(1) * t * t
 
     # -- evaluation -----------------------------------------------------------------------------------

@@ -1,23 +1,24 @@
-"""Static weights: w[task, source] = task weight × (gt weight | teacher weight × per-teacher weight)."""
+"""Fixed weights: ``static`` teachers (all ones, i.e. the plain sum of a task's teacher terms, scaled by
+``distill.teacher_weights``) and ``equal`` tasks (scaled by ``distill.task_weights``). The AVER baseline
+of MTKD-RL and the reference every adaptive strategy is compared against."""
 
 from __future__ import annotations
 
-from ...config import DistillConfig
-from ..objective import GT, LossTable
-from .base import Weighting
+import torch
+
+from ..objective import LossTerm
+from .base import StepContext, TaskWeighting, TeacherWeighting, ones_like_terms
 
 
-class StaticWeighting(Weighting):
+class StaticTeacherWeighting(TeacherWeighting):
     name = "static"
 
-    def __init__(self, cfg: DistillConfig):
-        self.cfg = cfg
+    def sample_weights(self, task: str, terms: dict[str, LossTerm], ctx: StepContext):
+        return ones_like_terms(terms), None
 
-    def weight_of(self, task: str, source: str) -> float:
-        task_w = self.cfg.task_weights.get(task, 1.0)
-        if source == GT:
-            return task_w * self.cfg.gt_weight
-        return task_w * self.cfg.teacher_weight * self.cfg.teacher_weights.get(source, 1.0)
 
-    def weights(self, table: LossTable, step: int) -> dict[tuple[str, str], float]:
-        return {key: self.weight_of(*key) for key in table}
+class EqualTaskWeighting(TaskWeighting):
+    name = "equal"
+
+    def weights(self, losses: dict[str, torch.Tensor], ctx: StepContext, grad_norms=None):
+        return {t: torch.ones((), device=loss.device) for t, loss in losses.items()}, None
