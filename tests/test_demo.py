@@ -28,7 +28,7 @@ def test_quick_demo_end_to_end(tmp_path, monkeypatch):
     first = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stdout + first.stderr
     m = json.loads((out / "metrics.json").read_text())
-    for name, task in (("depth_teacher", "depth"), ("seg_teacher", "semseg")):
+    for name, task in (("depth_teacher", "depth"), ("seg_teacher", "semseg"), ("depth_teacher_dusk", "depth")):
         assert task in m["teachers"][name]
     for who in ("student", "label_only"):
         assert set(m[who]["depth"]) >= {"abs_rel", "rmse", "delta1"}
@@ -49,4 +49,4 @@ def test_quick_demo_end_to_end(tmp_path, monkeypatch):
     # a rerun reuses the cached data and teachers
     second = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert second.returncode == 0, second.stderr
-    assert second.stderr.count("cached at") == 2  # progress and messages go to stderr
+    assert second.stderr.count("cached at") == 3  # progress and messages go to stderr

@@ -76,7 +76,19 @@ PRESETS: dict[str, Preset] = {
     ),
 }
 
-TEACHER_TASKS = {"depth_teacher": "depth", "seg_teacher": "semseg"}
+#: teacher -> (task, training split). ``depth_teacher_dusk`` sees one visual style only (ShapeScenes'
+#: "dusk" domain): a deliberately narrow teacher, so adaptive teacher weighting has something to find
+TEACHERS: dict[str, tuple[str, str]] = {
+    "depth_teacher": ("depth", "teacher_depth"),
+    "seg_teacher": ("semseg", "teacher_semseg"),
+    "depth_teacher_dusk": ("depth", "teacher_depth_dusk"),
+}
+TEACHER_TASKS = {name: task for name, (task, _) in TEACHERS.items()}
+#: the teacher per task that Δm and retention are measured against (the best single-task model)
+REFERENCE_TEACHERS = {"depth": "depth_teacher", "semseg": "seg_teacher"}
+NARROW_DOMAINS = ("dusk",)
+#: the demo student's weighting (see benchmarks/weighting.py for the comparison that chose it)
+DEMO_WEIGHTING: dict[str, Any] = {"teacher_weighting": "static", "task_weighting": "equal"}
 #: task options of every model in the demo; class balancing helps the small classes in short schedules
 TASK_OPTIONS: dict[str, dict[str, Any]] = {"depth": {}, "semseg": {"class_balance": 0.5}}
 #: the students' options add the distillation temperature (T = 2 beat 1 and 4 on validation mIoU)
@@ -110,20 +122,23 @@ def generate_data(preset: Preset, seed: int, workers: int | None) -> tuple[dict[
     """
     all_labels = ("depth", "semseg", "boxes")
     plan = {
-        "teacher_depth": (preset.teacher_images, ("depth",)),
-        "teacher_semseg": (preset.teacher_images, ("semseg",)),
-        "pool": (preset.pool_images, _pool_labels(preset, seed)),
-        "val": (preset.val_images, all_labels),
-        "test": (preset.test_images, all_labels),
+        "teacher_depth": (preset.teacher_images, ("depth",), None),
+        "teacher_semseg": (preset.teacher_images, ("semseg",), None),
+        "pool": (preset.pool_images, _pool_labels(preset, seed), None),
+        "val": (preset.val_images, all_labels, None),
+        "test": (preset.test_images, all_labels, None),
+        "teacher_depth_dusk": (preset.teacher_images, ("depth",), NARROW_DOMAINS),
     }
     splits, fps = {}, {}
-    for i, (name, (count, labels)) in enumerate(plan.items()):
+    for i, (name, (count, labels, domains)) in enumerate(plan.items()):
         params = {"v": DEMO_CACHE_VERSION, "generator": GENERATOR_VERSION, "split": name, "count": count,
                   "seed": seed * 100 + i, "h": preset.height, "w": preset.width, "labels": labels}
+        if domains is not None:
+            params["domains"] = list(domains)
         fps[name] = fingerprint(params)
         splits[name] = generate_split(cache_root() / "data" / f"{name}-{fps[name]}", count, seed=params["seed"],
                                       height=preset.height, width=preset.width, labels=labels, workers=workers,
-                                      id_prefix=f"{name}_")
+                                      id_prefix=f"{name}_", domains=domains)
     return splits, fps
 
 
@@ -145,13 +160,13 @@ def train_teachers(preset: Preset, splits: dict[str, Path], split_fps: dict[str,
                    log) -> dict[str, Path]:
     """Train (or reuse) one single-task teacher per task on its own labelled set, cached by fingerprint."""
     paths = {}
-    for name, task in TEACHER_TASKS.items():
+    for name, (task, split) in TEACHERS.items():
         cfg = _base_config(
-            preset, splits[f"teacher_{task}"], splits["val"], tasks={task: TASK_OPTIONS[task]},
+            preset, splits[split], splits["val"], tasks={task: TASK_OPTIONS[task]},
             backbone=preset.teacher_backbone, neck=preset.teacher_neck, steps=preset.teacher_steps,
             batch=preset.teacher_batch, lr=preset.teacher_lr, seed=seed, progress=progress, zoom=(1.0, 1.25),
         )
-        data_fp = {"train": split_fps[f"teacher_{task}"], "val": split_fps["val"]}
+        data_fp = {"train": split_fps[split], "val": split_fps["val"]}
         fp = fingerprint({"v": DEMO_CACHE_VERSION, "data": data_fp, "cfg": cfg | {"data": None}})
         run_dir = cache_root() / "teachers" / f"{name}-{fp}"
         if (run_dir / "DONE").exists():
@@ -163,6 +178,22 @@ def train_teachers(preset: Preset, splits: dict[str, Path], split_fps: dict[str,
             (run_dir / "DONE").write_text("ok\n")
         paths[name] = run_dir
     return paths
+
+
+def student_config(preset: Preset, splits: dict[str, Path], teacher_runs: dict[str, Path], *, seed: int,
+                   progress: bool, distill: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The demo student's config: distilled from ``teacher_runs`` (none: labels only) on the pool."""
+    # a few epochs over the pool, so no zoom augmentation (flips only), and a high learning rate that
+    # stays high (cosine floor at 20 %): on validation this beat lr 6e-3 with a 1 % floor by 0.07 mIoU
+    cfg = _base_config(preset, splits["pool"], splits["val"], tasks=STUDENT_TASK_OPTIONS,
+                       backbone=preset.student_backbone, neck=preset.student_neck, steps=preset.student_steps,
+                       batch=preset.student_batch, lr=preset.lr, seed=seed, progress=progress, zoom=(1.0, 1.0),
+                       lr_floor=0.2)
+    if teacher_runs:
+        cfg["teachers"] = [{"name": n, "source": "checkpoint", "path": str(p)} for n, p in teacher_runs.items()]
+        cfg["distill"] = {"teacher_cache": str(cache_root() / "teacher_outputs"),
+                          **(DEMO_WEIGHTING if distill is None else distill)}
+    return cfg
 
 
 def run_demo(out: str | Path, preset_name: str = "default", *, seed: int = 0, workers: int | None = None,
@@ -182,24 +213,17 @@ def run_demo(out: str | Path, preset_name: str = "default", *, seed: int = 0, wo
     teacher_runs = train_teachers(preset, splits, split_fps, seed, progress, log)
     timings["teachers_s"] = time.perf_counter() - t
 
-    # students: a few epochs over the pool, so no zoom augmentation (flips only), and a high learning rate
-    # that stays high (cosine floor at 20 %): on validation this beat lr 6e-3 with a 1 % floor by 0.07 mIoU
-    common = dict(tasks=STUDENT_TASK_OPTIONS, backbone=preset.student_backbone, neck=preset.student_neck,
-                  steps=preset.student_steps, batch=preset.student_batch, lr=preset.lr, seed=seed, progress=progress,
-                  zoom=(1.0, 1.0), lr_floor=0.2)
-
-    log(f"[3/5] distilling both teachers into a {preset.student_backbone} student on {preset.pool_images} pool images")
+    log(f"[3/5] distilling {len(teacher_runs)} teachers into a {preset.student_backbone} student on "
+        f"{preset.pool_images} pool images")
     t = time.perf_counter()
-    student_cfg = _base_config(preset, splits["pool"], splits["val"], **common)
-    student_cfg["teachers"] = [{"name": n, "source": "checkpoint", "path": str(p)} for n, p in teacher_runs.items()]
-    student_cfg["distill"] = {"teacher_cache": str(cache_root() / "teacher_outputs")}
+    student_cfg = student_config(preset, splits, teacher_runs, seed=seed, progress=progress)
     shutil.rmtree(out / "student", ignore_errors=True)
     train_run(load_config(base=student_cfg), out / "student")
     timings["distill_s"] = time.perf_counter() - t
 
     log("[4/5] label-only student: the pool's few labels, same budget")
     t = time.perf_counter()
-    label_cfg = _base_config(preset, splits["pool"], splits["val"], **common)
+    label_cfg = student_config(preset, splits, {}, seed=seed, progress=progress)
     label_cfg["data"]["labelled_only"] = True
     shutil.rmtree(out / "label_only", ignore_errors=True)
     train_run(load_config(base=label_cfg), out / "label_only")
@@ -225,14 +249,41 @@ def run_demo(out: str | Path, preset_name: str = "default", *, seed: int = 0, wo
     return metrics
 
 
-def evaluate_demo(preset: Preset, splits: dict[str, Path], teacher_runs: dict[str, Path], out: Path) -> dict[str, Any]:
-    test = FolderDataset(splits["test"], ("depth", "semseg"), image_size=(preset.height, preset.width))
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    results: dict[str, Any] = {"teachers": {}}
+def test_set(preset: Preset, splits: dict[str, Path]) -> FolderDataset:
+    return FolderDataset(splits["test"], ("depth", "semseg"), image_size=(preset.height, preset.width))
+
+
+def evaluate_teachers(teacher_runs: dict[str, Path], test: FolderDataset, device: str
+                      ) -> tuple[dict[str, CheckpointTeacher], dict[str, dict[str, dict[str, float]]]]:
     teachers = {name: CheckpointTeacher(name, path) for name, path in teacher_runs.items()}
+    results = {}
     for name, teacher in teachers.items():
         teacher_tasks = {t: teacher.task_objects[t] for t in teacher.tasks}
-        results["teachers"][name] = evaluate(teacher.to(device).predict, teacher_tasks, test, device=device)
+        results[name] = evaluate(teacher.to(device).predict, teacher_tasks, test, device=device)
+    return teachers, results
+
+
+def compare_with_teachers(student: dict[str, dict[str, float]], teacher_metrics: dict[str, dict[str, Any]],
+                          tasks: dict[str, Any]) -> dict[str, Any]:
+    """Δm (primary metrics) and retention of a student's test metrics against the reference teachers."""
+    directions = {t: type(task).metric_directions for t, task in tasks.items()}
+    primary = {t: type(task).primary_metric for t, task in tasks.items()}
+    core = {t: {m: v for m, v in student[t].items() if m in directions[t]} for t in tasks}
+    base = {t: {m: v for m, v in teacher_metrics[REFERENCE_TEACHERS[t]][t].items() if m in directions[t]}
+            for t in tasks}
+    return {
+        "delta_m": delta_m(core, base, directions, convention="primary", primary=primary),
+        "other_conventions": {conv: delta_m(core, base, directions, convention=conv, primary=primary)
+                              for conv in ("task_avg", "flat")},
+        "retention": retention(core, base, directions),
+    }
+
+
+def evaluate_demo(preset: Preset, splits: dict[str, Path], teacher_runs: dict[str, Path], out: Path) -> dict[str, Any]:
+    test = test_set(preset, splits)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    teachers, teacher_metrics = evaluate_teachers(teacher_runs, test, device)
+    results: dict[str, Any] = {"teachers": teacher_metrics}
     students = {}
     for key in ("student", "label_only"):
         model, tasks, _ = load_student(out / key)
@@ -240,23 +291,16 @@ def evaluate_demo(preset: Preset, splits: dict[str, Path], teacher_runs: dict[st
         results[key] = evaluate(student_predictor(model.to(device), tasks), tasks, test, device=device)
 
     tasks = students["student"][1]
-    directions = {t: type(task).metric_directions for t, task in tasks.items()}
-    primary = {t: type(task).primary_metric for t, task in tasks.items()}
-    baseline = {TEACHER_TASKS[n]: results["teachers"][n][TEACHER_TASKS[n]] for n in teachers}
-    core = {k: {t: {m: v for m, v in results[k][t].items() if m in directions[t]} for t in tasks}
-            for k in ("student", "label_only")}
-    base_core = {t: {m: v for m, v in baseline[t].items() if m in directions[t]} for t in tasks}
-    for who, key in (("student", "delta_m_vs_teachers"), ("label_only", "delta_m_label_only_vs_teachers")):
-        results[key] = delta_m(core[who], base_core, directions, convention="primary", primary=primary)
+    compared = {who: compare_with_teachers(results[who], teacher_metrics, tasks) for who in ("student", "label_only")}
+    results["delta_m_vs_teachers"] = compared["student"]["delta_m"]
+    results["delta_m_label_only_vs_teachers"] = compared["label_only"]["delta_m"]
     results["delta_m"] = {
-        "baseline": "each task's single-task teacher on the test split",
+        "baseline": "the reference single-task teacher of each task on the test split: "
+                    + ", ".join(f"{t}: {n}" for t, n in REFERENCE_TEACHERS.items()),
         "convention": "primary (one primary metric per task: depth abs_rel, semseg miou; averaged over tasks)",
-        "other_conventions": {
-            who: {conv: delta_m(core[who], base_core, directions, convention=conv, primary=primary)
-                  for conv in ("task_avg", "flat")} for who in core
-        },
+        "other_conventions": {who: c["other_conventions"] for who, c in compared.items()},
     }
-    results["retention"] = {who: retention(core[who], base_core, directions) for who in core}
+    results["retention"] = {who: c["retention"] for who, c in compared.items()}
 
     # batch-1 latency of the student against the teachers together, same runtime, interleaved rounds
     student_model = students["student"][0].to(device)
