@@ -65,3 +65,20 @@ def tiny_config(train: Path, val: Path | None, **train_opts) -> dict:
         "student": {"backbone": "test_efficientnet", "neck_channels": 16},
         "train": {"max_steps": 6, "lr": 3e-3, "warmup_steps": 2, "val_every": 3, "progress": False, **train_opts},
     }
+
+
+@pytest.fixture(scope="session")
+def teacher_runs(tiny_data, tmp_path_factory) -> dict[str, Path]:
+    """Tiny single-task teachers: ``depth``, ``semseg`` and a weaker ``depth_weak`` (2 steps only)."""
+    from polydistill.config import load_config
+    from polydistill.run import train_run
+
+    root = tmp_path_factory.mktemp("teachers")
+    runs = {}
+    for name, task, steps in (("depth", "depth", 6), ("semseg", "semseg", 6), ("depth_weak", "depth", 2)):
+        cfg = tiny_config(tiny_data["train"], tiny_data["val"], max_steps=steps)
+        cfg["tasks"] = {task: {}}
+        cfg["student"]["backbone"] = "test_resnet"
+        train_run(load_config(base=cfg), root / name)
+        runs[name] = root / name
+    return runs

@@ -13,19 +13,6 @@ from polydistill.teachers import CheckpointTeacher
 from tests.conftest import tiny_config
 
 
-@pytest.fixture(scope="module")
-def teacher_runs(tiny_data, tmp_path_factory):
-    root = tmp_path_factory.mktemp("teachers")
-    runs = {}
-    for task in ("depth", "semseg"):
-        cfg = tiny_config(tiny_data["train"], tiny_data["val"])
-        cfg["tasks"] = {task: {}}
-        cfg["student"]["backbone"] = "test_resnet"
-        train_run(load_config(base=cfg), root / task)
-        runs[task] = root / task
-    return runs
-
-
 def test_checkpoint_teacher_is_frozen_and_in_task_space(teacher_runs):
     teacher = CheckpointTeacher("seg", teacher_runs["semseg"])
     teacher.train()  # must not leave eval mode
@@ -46,7 +33,7 @@ def test_teacher_cannot_teach_a_task_it_does_not_predict(teacher_runs):
 @pytest.mark.parametrize("precompute", [True, False])
 def test_distillation_uses_both_teachers(tiny_data, teacher_runs, tmp_path, precompute):
     cfg = tiny_config(tiny_data["train"], tiny_data["val"], max_steps=4)
-    cfg["teachers"] = [{"name": f"{t}_teacher", "path": str(p)} for t, p in teacher_runs.items()]
+    cfg["teachers"] = [{"name": f"{t}_teacher", "path": str(teacher_runs[t])} for t in ("depth", "semseg")]
     cfg["distill"] = {"precompute_teachers": precompute, "teacher_weights": {"semseg_teacher": 2.0}}
     train_run(load_config(base=cfg), tmp_path / "run")
     row = read_steps(tmp_path / "run" / "steps.csv")[0]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 from typing import Any
@@ -10,7 +11,9 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
+import yaml  # noqa: E402
 
 from .data import FolderDataset  # noqa: E402
 from .engine.logging import read_steps  # noqa: E402
@@ -55,6 +58,81 @@ def plot_validation(runs: dict[str, Path], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+WEIGHT_SMOOTHING = 10  # logged values (steps) in the trailing running mean of plot_weights
+
+
+def _running_mean(y: np.ndarray, window: int) -> np.ndarray:
+    """Trailing mean over the last ``window`` values (fewer at the start, so the curve keeps its length)."""
+    c = np.concatenate([[0.0], np.cumsum(y)])
+    hi = np.arange(1, len(y) + 1)
+    lo = np.maximum(hi - window, 0)
+    return (c[hi] - c[lo]) / (hi - lo)
+
+
+def plot_weights(run_dir: Path, out_png: Path) -> Path | None:
+    """Teacher weights (left) and task weights (right) per optimizer step, read from ``run_dir/steps.csv``.
+
+    Left: every ``teacher_weight/<task>/<teacher>`` column (the mean per-sample weight the teacher-level
+    strategy gave that teacher; 1.0 under static weighting), labelled ``task/teacher``. Right: every
+    ``task_weight/<task>`` column (the task-level strategy's λ_t), labelled ``task``. Empty cells (value
+    not logged in that step) are dropped per column, not plotted as zeros; each curve is then smoothed
+    with a trailing running mean over the last ``WEIGHT_SMOOTHING`` (10) logged values, so a step that
+    raises a weight shows up right away and the first points average over fewer values.
+
+    Returns ``out_png``, or None, writing nothing, when the CSV has no such column or no value in them
+    (e.g. only the header).
+    """
+    path = Path(run_dir) / "steps.csv"
+    if not path.exists():
+        return None
+    with open(path, newline="") as fh:
+        reader = csv.DictReader(fh)
+        columns = list(reader.fieldnames or [])
+        rows = list(reader)
+    panels = (("teacher_weight/", "teacher weights (mean per-sample weight)"),
+              ("task_weight/", "task weights λ_t"))
+    series: list[list[tuple[str, np.ndarray, np.ndarray]]] = []
+    for prefix, _ in panels:
+        lines = []
+        for col in sorted(c for c in columns if c.startswith(prefix)):
+            pts = [(float(r["step"]), float(r[col])) for r in rows
+                   if r.get(col) not in ("", None) and r.get("step") not in ("", None)]
+            pts = [(x, y) for x, y in pts if np.isfinite(y)]
+            if pts:
+                x, y = np.array(pts).T
+                lines.append((col[len(prefix):], x, _running_mean(y, WEIGHT_SMOOTHING)))
+        series.append(lines)
+    if not any(series):
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4))
+    for ax, (_, title), lines in zip(axes, panels, series):
+        for label, x, y in lines:
+            ax.plot(x, y, label=label, lw=0.9)
+        if lines:
+            ax.legend(fontsize=8)
+        else:
+            ax.text(0.5, 0.5, "not logged", ha="center", va="center", transform=ax.transAxes)
+        ax.set(title=f"{title} (running mean of {WEIGHT_SMOOTHING})", xlabel="step", ylabel="weight")
+    fig.tight_layout()
+    out_png = Path(out_png)
+    fig.savefig(out_png, dpi=110)
+    plt.close(fig)
+    return out_png
+
+
+def _strategy_names(run_dir: Path) -> tuple[str, str]:
+    """``distill.teacher_weighting.name`` and ``distill.task_weighting.name`` from ``run_dir/config.yaml``."""
+    try:
+        distill = (yaml.safe_load((run_dir / "config.yaml").read_text()) or {}).get("distill") or {}
+    except (OSError, yaml.YAMLError):
+        distill = {}
+    names = []
+    for key in ("teacher_weighting", "task_weighting"):
+        v = distill.get(key)
+        names.append(str(v.get("name", "?") if isinstance(v, dict) else v if v is not None else "?"))
+    return names[0], names[1]
 
 
 @torch.no_grad()
@@ -111,6 +189,8 @@ def write_demo_report(out: Path, metrics: dict[str, Any], test_dir: Path, teache
     runs = {"student": out / "student", "label_only": out / "label_only", **teacher_runs}
     plot_loss_curves(runs, out / "loss_curves.png")
     plot_validation({k: runs[k] for k in ("student", "label_only")}, out / "validation.png")
+    weights_png = plot_weights(out / "student", out / "weights.png")
+    teacher_strategy, task_strategy = _strategy_names(out / "student")
     predictors: dict[str, tuple[Any, dict]] = {}
     for name, run in teacher_runs.items():
         teacher = CheckpointTeacher(name, run)
@@ -142,6 +222,12 @@ def write_demo_report(out: Path, metrics: dict[str, Any], test_dir: Path, teache
         f"| student | {s['student_params'] / 1e6:.2f} M | {s['student_ms']:.2f} |",
         *[f"| {n} | {s['teacher_params'][n] / 1e6:.2f} M | {ms:.2f} |" for n, ms in s["per_teacher_ms"].items()],
         "", f"Teachers together / student: **{s['ratio']:.1f}×** faster.", "",
+        "## Teacher and task weights over training", "",
+        f"The distilled student used teacher weighting `{teacher_strategy}` and task weighting "
+        f"`{task_strategy}`"
+        + (f"; curves are trailing running means over {WEIGHT_SMOOTHING} logged values." if weights_png
+           else "; no weights were logged in its steps.csv."), "",
+        *(["![teacher and task weights](weights.png)", ""] if weights_png else []),
         "## Run", "",
         f"Wall time {metrics['wall_s']:.0f} s (" + ", ".join(f"{k} {v:.0f}" for k, v in metrics["timings"].items())
         + f"); peak memory {metrics['memory']['peak_rss_mb']:.0f} MiB.", "",

@@ -19,6 +19,7 @@ from .data import FolderDataset, build_train_transform
 from .distill import Objective
 from .distill.trajectory import KnowledgeTrajectory
 from .distill.weighting import TASK_WEIGHTINGS, TEACHER_WEIGHTINGS, build_weighting
+from .distill.weighting.base import parse_options
 from .engine.teacher_targets import precompute_teacher_outputs
 from .engine.trainer import FitResult, Trainer
 from .errors import ConfigError
@@ -68,8 +69,9 @@ def check_names(cfg: RunConfig) -> None:
     """Fail fast on unknown component names, before data or models are touched."""
     for name in cfg.tasks:
         TASKS.get(name)
-    TEACHER_WEIGHTINGS.get(cfg.distill.teacher_weighting.name)
-    TASK_WEIGHTINGS.get(cfg.distill.task_weighting.name)
+    for key, registry in (("teacher_weighting", TEACHER_WEIGHTINGS), ("task_weighting", TASK_WEIGHTINGS)):
+        strategy = getattr(cfg.distill, key)
+        parse_options(registry.get(strategy.name).Options, strategy.options, f"distill.{key} '{strategy.name}'")
     for t in cfg.teachers:
         TEACHER_SOURCES.get(t.source)
         for task in t.tasks or []:

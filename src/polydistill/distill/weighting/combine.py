@@ -99,13 +99,16 @@ class Weighting(nn.Module):
             raise ValueError("the loss table is empty: the batch carries no label and no teacher output")
         lambdas, aux = self.task.weights(phase.losses, ctx, grad_norms)
         total = sum(self.cfg.task_weights.get(t, 1.0) * lambdas[t] * loss for t, loss in phase.losses.items())
-        for extra in [*phase.aux, *([aux] if aux is not None else [])]:
+        extras = [*phase.aux, *([aux] if aux is not None else [])]
+        for extra in extras:
             total = total + extra
         row: dict[str, float] = {}
+        if extras:  # the strategies' own losses (they train only the strategies' parameters)
+            row["aux_loss"] = float(sum(float(e.detach()) for e in extras))
         for t in phase.losses:
-            row[f"task_weight/{t}"] = float(lambdas[t])
+            row[f"task_weight/{t}"] = float(lambdas[t].detach())
         for (t, s), w in phase.term_weights.items():
-            row[f"weight/{t}/{s}"] = self.cfg.task_weights.get(t, 1.0) * float(lambdas[t]) * w
+            row[f"weight/{t}/{s}"] = self.cfg.task_weights.get(t, 1.0) * float(lambdas[t].detach()) * w
         for (t, k), w in phase.teacher_weights.items():
             row[f"teacher_weight/{t}/{k}"] = w
         return total, row
@@ -126,6 +129,6 @@ class Weighting(nn.Module):
         return records
 
     def log_columns(self) -> list[str]:
-        cols = [f"task_weight/{t}" for t in self.tasks]
+        cols = ["aux_loss"] + [f"task_weight/{t}" for t in self.tasks]
         cols += [f"teacher_weight/{t}/{k}" for t in self.tasks for k in self.teachers_per_task.get(t, [])]
         return cols

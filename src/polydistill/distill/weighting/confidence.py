@@ -34,7 +34,10 @@ class ConfidenceWeighting(TeacherWeighting):
         confs = [task.confidence(t) for t in targets.values()]
         if any(c is None for c in confs):
             raws = torch.stack([task.raw_from_output(t).float() for t in targets.values()])  # (K, B, C, H, W)
-            dev = (raws - raws.median(dim=0).values).abs().mean(2, keepdim=True)
+            ordered = raws.sort(dim=0).values
+            k = ordered.shape[0]
+            median = (ordered[(k - 1) // 2] + ordered[k // 2]) / 2  # the true median, also for even K
+            dev = (raws - median).abs().mean(2, keepdim=True)
             confs = list(torch.exp(-dev / self.opts.tau))
         c = torch.stack([x.float() for x in confs]).clamp_min(self.opts.floor) ** self.opts.gamma
         w = len(targets) * c / c.sum(0, keepdim=True)
