@@ -167,7 +167,9 @@ def train_teachers(preset: Preset, splits: dict[str, Path], split_fps: dict[str,
             batch=preset.teacher_batch, lr=preset.teacher_lr, seed=seed, progress=progress, zoom=(1.0, 1.25),
         )
         data_fp = {"train": split_fps[split], "val": split_fps["val"]}
-        fp = fingerprint({"v": DEMO_CACHE_VERSION, "data": data_fp, "cfg": cfg | {"data": None}})
+        # what determines the weights: not the folders' paths and not whether a progress bar is shown
+        recipe = cfg | {"data": None, "train": {k: v for k, v in cfg["train"].items() if k != "progress"}}
+        fp = fingerprint({"v": DEMO_CACHE_VERSION, "data": data_fp, "cfg": recipe})
         run_dir = cache_root() / "teachers" / f"{name}-{fp}"
         if (run_dir / "DONE").exists():
             log(f"teacher '{name}': cached at {run_dir}")
