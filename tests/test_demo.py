@@ -50,3 +50,17 @@ def test_quick_demo_end_to_end(tmp_path, monkeypatch):
     second = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert second.returncode == 0, second.stderr
     assert second.stderr.count("cached at") == 3  # progress and messages go to stderr
+
+
+def test_teacher_cache_key_ignores_paths_and_progress(tmp_path):
+    from polydistill.demo import PRESETS, _base_config, teacher_fingerprint
+
+    preset = PRESETS["quick"]
+    kw = dict(tasks={"depth": {}}, backbone="resnet18", neck=8, steps=3, batch=2, lr=1e-3, seed=0, zoom=(1.0, 1.0))
+    a = _base_config(preset, tmp_path / "a", tmp_path / "v", progress=True, **kw)
+    b = _base_config(preset, tmp_path / "b", tmp_path / "w", progress=False, **kw)
+    data_fp = {"train": "x", "val": "y"}
+    assert teacher_fingerprint(a, data_fp) == teacher_fingerprint(b, data_fp)
+    assert teacher_fingerprint(a, data_fp) != teacher_fingerprint(a, {"train": "x", "val": "z"})
+    c = _base_config(preset, tmp_path / "a", tmp_path / "v", progress=True, **(kw | {"steps": 4}))
+    assert teacher_fingerprint(a, data_fp) != teacher_fingerprint(c, data_fp)

@@ -156,6 +156,13 @@ def _base_config(preset: Preset, train: Path, val: Path, *, tasks: dict, backbon
     }
 
 
+def teacher_fingerprint(cfg: dict[str, Any], data_fp: dict[str, str]) -> str:
+    """What determines a teacher's weights: its recipe and its data's fingerprints — not the folders'
+    paths and not whether a progress bar is shown."""
+    recipe = cfg | {"data": None, "train": {k: v for k, v in cfg["train"].items() if k != "progress"}}
+    return fingerprint({"v": DEMO_CACHE_VERSION, "data": data_fp, "cfg": recipe})
+
+
 def train_teachers(preset: Preset, splits: dict[str, Path], split_fps: dict[str, str], seed: int, progress: bool,
                    log) -> dict[str, Path]:
     """Train (or reuse) one single-task teacher per task on its own labelled set, cached by fingerprint."""
@@ -167,9 +174,7 @@ def train_teachers(preset: Preset, splits: dict[str, Path], split_fps: dict[str,
             batch=preset.teacher_batch, lr=preset.teacher_lr, seed=seed, progress=progress, zoom=(1.0, 1.25),
         )
         data_fp = {"train": split_fps[split], "val": split_fps["val"]}
-        # what determines the weights: not the folders' paths and not whether a progress bar is shown
-        recipe = cfg | {"data": None, "train": {k: v for k, v in cfg["train"].items() if k != "progress"}}
-        fp = fingerprint({"v": DEMO_CACHE_VERSION, "data": data_fp, "cfg": recipe})
+        fp = teacher_fingerprint(cfg, data_fp)
         run_dir = cache_root() / "teachers" / f"{name}-{fp}"
         if (run_dir / "DONE").exists():
             log(f"teacher '{name}': cached at {run_dir}")
