@@ -87,8 +87,9 @@ TEACHER_TASKS = {name: task for name, (task, _) in TEACHERS.items()}
 #: the teacher per task that Δm and retention are measured against (the best single-task model)
 REFERENCE_TEACHERS = {"depth": "depth_teacher", "semseg": "seg_teacher"}
 NARROW_DOMAINS = ("dusk",)
-#: the demo student's weighting (see benchmarks/weighting.py for the comparison that chose it)
-DEMO_WEIGHTING: dict[str, Any] = {"teacher_weighting": "static", "task_weighting": "equal"}
+#: the demo student's weighting: JointDistill's validation feedback had the best Δm in the comparison of
+#: every strategy on this setting (benchmarks/weighting.py, 2 seeds; results in benchmarks/results/)
+DEMO_WEIGHTING: dict[str, Any] = {"teacher_weighting": "feedback", "task_weighting": "equal"}
 #: task options of every model in the demo; class balancing helps the small classes in short schedules
 TASK_OPTIONS: dict[str, dict[str, Any]] = {"depth": {}, "semseg": {"class_balance": 0.5}}
 #: the students' options add the distillation temperature (T = 2 beat 1 and 4 on validation mIoU)
