@@ -67,6 +67,19 @@ def test_config_command_prints_resolved_config(tiny_data, tmp_path):
     assert yaml.safe_load(result.output)["train"]["lr"] == 0.5
 
 
+def test_config_command_checks_strategy_names_and_options(tiny_data, tmp_path):
+    path = write_config(tmp_path, tiny_config(tiny_data["train"], tiny_data["val"]))
+    result, text = run_cli("config", path, "distill.task_weighting.name=gradnrom")
+    assert result.exit_code == 2 and "did you mean 'gradnorm'" in text
+    result, text = run_cli("config", path, "distill.teacher_weighting.name=rl", "distill.teacher_weighting.sigmma=1")
+    assert result.exit_code == 2 and "unknown option 'sigmma'" in text and "did you mean 'sigma'" in text
+    result, _ = run_cli("config", path, "distill.teacher_weighting.name=rl", "distill.teacher_weighting.sigma=1",
+                        "distill.teacher_weighting.options.update=surrogate")
+    assert result.exit_code == 0
+    options = yaml.safe_load(result.output)["distill"]["teacher_weighting"]["options"]
+    assert options == {"sigma": 1, "update": "surrogate"}  # beside the name and under options: both work
+
+
 @pytest.fixture(scope="module")
 def trained_run(tiny_data, tmp_path_factory):
     out = tmp_path_factory.mktemp("cli") / "run"

@@ -145,10 +145,13 @@ def config_cmd(
     config: Annotated[Path, typer.Argument(help="YAML config")],
     overrides: Annotated[list[str] | None, typer.Argument(help="dotted overrides")] = None,
 ):
-    """Validate a config and print it fully resolved (includes, overrides, defaults)."""
+    """Validate a config (keys, types, component names and strategy options) and print it fully resolved."""
     from .config import dump_config, load_config
+    from .run import check_names
 
-    sys.stdout.write(dump_config(load_config(config, overrides or [])))
+    cfg = load_config(config, overrides or [])
+    check_names(cfg)
+    sys.stdout.write(dump_config(cfg))
 
 
 if __name__ == "__main__":

@@ -77,9 +77,12 @@ def _strategy(value: Any) -> Any:
     """Accept ``rl`` or ``{name: rl, update: reinforce}`` (options beside the name) in YAML."""
     if isinstance(value, str):
         return {"name": value}
-    if isinstance(value, dict) and "options" not in value:
+    if isinstance(value, dict):  # options beside the name and under ``options:`` (e.g. from an override) merge
         value = dict(value)
-        return {"name": value.pop("name", None), "options": value}
+        name = value.pop("name", None)
+        nested = value.pop("options", None) or {}
+        return {"name": name, "options": {**value, **nested}} if isinstance(nested, dict) else value | {
+            "name": name, "options": nested}
     return value
 
 
