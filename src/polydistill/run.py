@@ -165,7 +165,9 @@ def train_run(cfg: RunConfig, run_dir: str | Path, *, resume: bool = False,
     trajectory = KnowledgeTrajectory(cfg.distill.trajectory, model, tasks) if cfg.distill.trajectory else None
 
     save_config(cfg, run_dir / "config.yaml")
-    objective = Objective(tasks, teachers_per_task, trajectory_tasks=list(tasks) if trajectory else None)
+    kinds = {(t, teacher.name): teacher.output_kind(t) for teacher in teachers for t in teacher.tasks}
+    objective = Objective(tasks, teachers_per_task, trajectory_tasks=list(tasks) if trajectory else None,
+                          teacher_kinds=kinds)
     trainer = Trainer(
         model=model, spec=spec, tasks=tasks, objective=objective, weighting=weighting, train_set=sampled,
         val_set=val_set, cfg=cfg.train, batch_size=cfg.data.batch_size, num_workers=cfg.data.num_workers,

@@ -59,9 +59,11 @@ class Objective:
     """Computes the loss table from raw student outputs, the batch targets and teacher outputs."""
 
     def __init__(self, tasks: dict[str, Task], teachers_per_task: dict[str, list[str]],
-                 trajectory_tasks: list[str] | None = None):
+                 trajectory_tasks: list[str] | None = None, teacher_kinds: dict[tuple[str, str], str] | None = None):
         self.tasks = tasks
         self.teachers_per_task = teachers_per_task
+        #: (task, teacher) -> the teacher's output convention (e.g. relative depth); "default" otherwise
+        self.teacher_kinds = dict(teacher_kinds or {})
         self.trajectory_tasks = list(trajectory_tasks or [])
 
     def sources(self) -> list[tuple[str, str]]:
@@ -98,8 +100,9 @@ class Objective:
                     if weight.shape[-2:] != out.shape[-2:]:
                         weight = F.interpolate(weight, size=out.shape[-2:], mode="bilinear", align_corners=False)
                 mask = torch.ones(out.shape[0], dtype=torch.bool, device=out.device)
-                term = LossTerm(task.distill_loss(out, target, weight), mask)
-                if teacher_stats:
+                kind = self.teacher_kinds.get((name, teacher), "default")
+                term = LossTerm(task.distill_loss(out, target, weight, kind), mask)
+                if teacher_stats and kind in ("default", "metric"):
                     term.stats.update(self._teacher_stats(task, target, batch["targets"][name], valid))
                 if weight is not None:
                     term.stats["pixel_weight"] = weight.detach().flatten(1).mean(1)

@@ -82,11 +82,12 @@ class Task(ABC):
 
     @abstractmethod
     def distill_loss(self, raw: torch.Tensor, teacher: torch.Tensor,
-                     pixel_weight: torch.Tensor | None = None) -> torch.Tensor:
+                     pixel_weight: torch.Tensor | None = None, kind: str = "default") -> torch.Tensor:
         """Per-sample loss ``(B,)`` against a teacher's task-space output.
 
         ``pixel_weight`` ``(B, 1, H, W)`` scales each pixel's contribution (per-pixel teacher weighting);
         the sum is still divided by the pixel count, so weights with mean 1 keep the loss scale.
+        ``kind`` is the teacher's output convention (:meth:`Teacher.output_kind`, e.g. relative depth).
         """
 
     @abstractmethod

@@ -32,6 +32,35 @@ def valid_depth(target: torch.Tensor, min_depth: float, max_depth: float | None 
     return valid
 
 
+def scale_shift_invariant_loss(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor,
+                               pixel_weight: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-sample affine-invariant L1 (MiDaS, Ranftl et al. 2020) between ``(B, 1, H, W)`` maps.
+
+    The target is normalised per image (minus its median, divided by its mean absolute deviation), the
+    prediction is aligned to it by per-image least-squares scale and shift (closed form, differentiable),
+    and the loss is the mean absolute residual over valid pixels. It is zero exactly when the prediction
+    is an affine transform of the target, whatever the target's scale, so a relative-depth teacher can
+    teach a metric student alongside metric labels.
+    """
+    b = pred.shape[0]
+    m = valid.reshape(b, -1).float()
+    if pixel_weight is not None:
+        m = m * pixel_weight.reshape(b, -1).float()
+    x = pred.reshape(b, -1).float()
+    y = torch.where(valid, target.float(), torch.zeros_like(target, dtype=torch.float32)).reshape(b, -1)
+    med = torch.nanmedian(torch.where(valid.reshape(b, -1), y, torch.full_like(y, float("nan"))), dim=1).values
+    med = torch.nan_to_num(med, nan=0.0)[:, None]
+    n = m.sum(1, keepdim=True).clamp_min(1.0)
+    scale = ((y - med).abs() * m).sum(1, keepdim=True) / n
+    y = (y - med) / scale.clamp_min(1e-6)
+    sx, sy = (m * x).sum(1, keepdim=True), (m * y).sum(1, keepdim=True)
+    sxx, sxy = (m * x * x).sum(1, keepdim=True), (m * x * y).sum(1, keepdim=True)
+    det = n * sxx - sx * sx
+    s = torch.where(det.abs() > 1e-12, (n * sxy - sx * sy) / det.clamp_min(1e-12), torch.zeros_like(det))
+    t = (sy - s * sx) / n
+    return ((s * x + t - y).abs() * m).sum(1) / n[:, 0]
+
+
 def _as_b1hw(x: torch.Tensor, what: str) -> torch.Tensor:
     if x.dim() == 3:
         x = x.unsqueeze(1)
@@ -141,7 +170,7 @@ class DepthTask(Task):
         return self._log_loss(raw, target, valid_depth(target, self.min_depth, self.max_depth))
 
     def distill_loss(self, raw: torch.Tensor, teacher: torch.Tensor,
-                     pixel_weight: torch.Tensor | None = None) -> torch.Tensor:
+                     pixel_weight: torch.Tensor | None = None, kind: str = "default") -> torch.Tensor:
         """Same loss family with the teacher's metric depth as target (resized bilinearly if needed)."""
         raw = _as_b1hw(raw, "raw output")
         teacher = _as_b1hw(teacher, "teacher output").detach().float()
@@ -149,6 +178,12 @@ class DepthTask(Task):
             raise ValueError(f"teacher batch {teacher.shape[0]} != student batch {raw.shape[0]}")
         if teacher.shape[-2:] != raw.shape[-2:]:
             teacher = F.interpolate(teacher, size=raw.shape[-2:], mode="bilinear", align_corners=False)
+        if kind in ("relative", "inverse_relative"):
+            # affine-invariant teacher: compare shapes, not scales (student depth or disparity vs the teacher's)
+            student = torch.exp(raw.float()) if kind == "relative" else torch.exp(-raw.float())
+            return scale_shift_invariant_loss(student, teacher, torch.isfinite(teacher), pixel_weight)
+        if kind not in ("default", "metric"):
+            raise ValueError(f"unknown depth convention '{kind}' (metric, relative or inverse_relative)")
         return self._log_loss(raw, teacher, valid_depth(teacher, self.min_depth), pixel_weight)
 
     # -- evaluation -----------------------------------------------------------------------------------

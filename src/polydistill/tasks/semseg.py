@@ -143,11 +143,20 @@ class SemsegTask(Task):
         return raw
 
     def raw_from_output(self, output: torch.Tensor) -> torch.Tensor:
-        return output.float()
+        return self._split_unmapped(output.float())[0]
+
+    def _split_unmapped(self, teacher: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """A class-mapped teacher gives C + 1 log-probabilities (last: unmapped mass, see teachers/class_map.py):
+        return the C class channels and the per-pixel weight ``1 − p_unmapped``; plain logits pass through."""
+        if teacher.dim() == 4 and teacher.shape[1] == self.num_classes + 1:
+            known = (1.0 - teacher[:, -1:].float().exp()).clamp(0.0, 1.0)
+            return teacher[:, :-1], known
+        self._check_logits(teacher, "teacher logits")
+        return teacher, None
 
     def confidence(self, output: torch.Tensor) -> torch.Tensor:
         """1 − normalised entropy of the class distribution: 1 for a one-hot, 0 for a uniform one."""
-        log_p = F.log_softmax(output.float(), dim=1)
+        log_p = F.log_softmax(self._split_unmapped(output.float())[0], dim=1)
         entropy = -(log_p.exp() * log_p).sum(1, keepdim=True)
         return (1.0 - entropy / math.log(self.num_classes)).clamp(0.0, 1.0)
 
@@ -194,7 +203,7 @@ class SemsegTask(Task):
         return weights * (valid.sum() / weights.sum().clamp_min(1e-12))
 
     def distill_loss(self, raw: torch.Tensor, teacher: torch.Tensor,
-                     pixel_weight: torch.Tensor | None = None) -> torch.Tensor:
+                     pixel_weight: torch.Tensor | None = None, kind: str = "default") -> torch.Tensor:
         """Per-pixel loss against the teacher's logits, averaged over pixels.
 
         ``kl``: T² · KL(softmax(t/T) ‖ softmax(s/T)) summed over classes; the T² factor keeps gradient
@@ -203,12 +212,15 @@ class SemsegTask(Task):
         which keeps decisions at object boundaries as sharp as the teacher's.
         """
         self._check_logits(raw, "raw output")
-        self._check_logits(teacher, "teacher logits")
+        teacher, known = self._split_unmapped(teacher.detach().float())
         if teacher.shape[0] != raw.shape[0]:
             raise ValueError(f"teacher batch {teacher.shape[0]} != student batch {raw.shape[0]}")
-        teacher = teacher.detach().float()
         if teacher.shape[-2:] != raw.shape[-2:]:
             teacher = F.interpolate(teacher, size=raw.shape[-2:], mode="bilinear", align_corners=False)
+            if known is not None:
+                known = F.interpolate(known, size=raw.shape[-2:], mode="bilinear", align_corners=False)
+        if known is not None:  # soft ignore: pixels the teacher assigns to classes the student lacks
+            pixel_weight = known if pixel_weight is None else pixel_weight * known
         if self.distill == "hard":
             labels = teacher.argmax(1)
             loss = F.cross_entropy(raw.float(), labels, reduction="none")

@@ -13,16 +13,38 @@ import hashlib
 from abc import ABC, abstractmethod
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
-class Teacher(nn.Module, ABC):
-    """Base class: freezes parameters and pins eval mode; subclasses implement ``_predict``."""
+DEPTH_CONVENTIONS = ("metric", "relative", "inverse_relative")
 
-    def __init__(self, name: str, tasks: tuple[str, ...]):
+
+class Teacher(nn.Module, ABC):
+    """Base class: freezes parameters and pins eval mode; subclasses implement ``_predict``.
+
+    Subclasses' ``_predict`` may return maps at any resolution and segmentation logits over the teacher's
+    own classes; :meth:`predict` resizes every map to the input size and, when a ``class_map`` is given,
+    maps segmentation to the student's classes (C + 1 channels of log-probabilities, the last one the mass
+    of unmapped classes, which the segmentation loss treats as "no opinion"). ``depth_convention`` says
+    what a depth map means: ``metric`` (metres), ``relative`` (depth up to scale and shift) or
+    ``inverse_relative`` (disparity up to scale and shift, e.g. MiDaS, Depth Anything relative).
+    """
+
+    def __init__(self, name: str, tasks: tuple[str, ...], *, depth_convention: str = "metric",
+                 class_map=None):
         super().__init__()
+        if depth_convention not in DEPTH_CONVENTIONS:
+            raise ValueError(f"teacher '{name}': depth_convention must be one of {DEPTH_CONVENTIONS}, "
+                             f"got '{depth_convention}'")
         self.name = name
         self.tasks = tuple(tasks)
+        self.depth_convention = depth_convention
+        self.class_map = class_map
+
+    def output_kind(self, task: str) -> str:
+        """How the objective must compare the student with this teacher's output for ``task``."""
+        return self.depth_convention if task == "depth" else "default"
 
     def freeze(self) -> Teacher:
         for p in self.parameters():
@@ -48,7 +70,18 @@ class Teacher(nn.Module, ABC):
     def predict(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """``images``: ``(B, 3, H, W)`` RGB in ``[0, 1]`` → ``{task: task-space output}``."""
         out = self._predict(images)
-        return {t: out[t] for t in self.tasks}
+        size = images.shape[-2:]
+        result = {}
+        for t in self.tasks:
+            value = out[t].float()
+            if value.dim() == 3:
+                value = value[:, None]
+            if value.shape[-2:] != size:
+                value = F.interpolate(value, size=size, mode="bilinear", align_corners=False)
+            if t == "semseg" and self.class_map is not None:
+                value = self.class_map.apply(value)
+            result[t] = value
+        return result
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         return self.predict(images)

@@ -1,0 +1,91 @@
+"""Label-space maps: a teacher trained on other classes (e.g. ADE20K's 150) teaches the student's classes.
+
+A map file (YAML) names, for every student class, the teacher classes that belong to it (many-to-one);
+teacher classes named nowhere are *unmapped*::
+
+    teacher_classes: [wall, building, sky, floor, ...]   # optional: else the teacher's own id2label
+    student_classes: [floor, wall, person]               # optional: checked against the student's
+    map:
+      floor: [floor, rug]
+      wall: [wall]
+      person: [person]
+
+Mapping works on probabilities, never on arg-max labels: ``p_student[c] = Σ_{s ∈ map(c)} p_teacher[s]``.
+The result has C + 1 channels of log-probabilities, the last one the mass of unmapped teacher classes;
+the segmentation loss renormalises the first C and weights each pixel by ``1 − p_unmapped``, so a pixel
+the teacher sees as "something we have no class for" teaches nothing instead of teaching a wrong class.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from ..errors import ConfigError
+from ..registry import did_you_mean
+
+EPS = 1e-6
+
+
+class ClassMap:
+    def __init__(self, mapping: dict[str, list[str | int]], teacher_classes: list[str],
+                 student_classes: list[str], source: str = "class map"):
+        index = {name: i for i, name in enumerate(teacher_classes)}
+        matrix = torch.zeros(len(student_classes) + 1, len(teacher_classes))
+        used: dict[int, str] = {}
+        for student_class, members in mapping.items():
+            if student_class not in student_classes:
+                raise ConfigError(f"{source}: '{student_class}' is not a student class"
+                                  f"{did_you_mean(str(student_class), student_classes)}")
+            row = student_classes.index(student_class)
+            for member in members:
+                if isinstance(member, int):
+                    if not 0 <= member < len(teacher_classes):
+                        raise ConfigError(f"{source}: teacher class id {member} is out of range "
+                                          f"(the teacher has {len(teacher_classes)} classes)")
+                    col = member
+                elif member in index:
+                    col = index[member]
+                else:
+                    raise ConfigError(f"{source}: '{member}' is not a teacher class"
+                                      f"{did_you_mean(str(member), teacher_classes)}")
+                if col in used:
+                    raise ConfigError(f"{source}: teacher class '{teacher_classes[col]}' is mapped to both "
+                                      f"'{used[col]}' and '{student_class}' (the map must be many-to-one)")
+                used[col] = student_class
+                matrix[row, col] = 1.0
+        unmapped = [c for c in range(len(teacher_classes)) if c not in used]
+        matrix[-1, unmapped] = 1.0
+        self.matrix = matrix
+        self.teacher_classes = list(teacher_classes)
+        self.student_classes = list(student_classes)
+        self.unmapped = [teacher_classes[c] for c in unmapped]
+
+    @classmethod
+    def from_file(cls, path: str | Path, teacher_classes: list[str] | None,
+                  student_classes: list[str]) -> ClassMap:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"class map file not found: {path}")
+        data: dict[str, Any] = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(data.get("map"), dict):
+            raise ConfigError(f"{path}: a class map needs a 'map:' section (student class -> teacher classes)")
+        teacher_classes = data.get("teacher_classes") or teacher_classes
+        if not teacher_classes:
+            raise ConfigError(f"{path}: list 'teacher_classes' (the teacher does not name its classes)")
+        declared = data.get("student_classes")
+        if declared is not None and list(declared) != list(student_classes):
+            raise ConfigError(f"{path}: student_classes {declared} differ from the student's {student_classes}")
+        return cls(data["map"], list(teacher_classes), list(student_classes), source=str(path))
+
+    def apply(self, logits: torch.Tensor) -> torch.Tensor:
+        """Teacher logits ``(B, K, H, W)`` → student log-probabilities ``(B, C + 1, H, W)`` (last: unmapped)."""
+        if logits.shape[1] != self.matrix.shape[1]:
+            raise ValueError(f"class map expects {self.matrix.shape[1]} teacher classes, the teacher gave "
+                             f"{logits.shape[1]} channels")
+        probs = torch.softmax(logits.float(), dim=1)
+        mapped = torch.einsum("ck,bkhw->bchw", self.matrix.to(probs.device), probs)
+        return torch.log(mapped.clamp_min(EPS))
