@@ -14,7 +14,7 @@ from typing import Any, Literal
 import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
 from .registry import did_you_mean
@@ -59,11 +59,29 @@ class StudentConfig(StrictModel):
     head_channels: int | None = Field(None, description="hidden width of each task head (default: neck)")
 
 
+TEACHER_PREFIXES = ("hf", "torchvision", "onnx", "timm", "checkpoint")
+
+
 class TeacherConfig(StrictModel):
     name: str
     source: str = Field("checkpoint", description="where the teacher comes from (registered source)")
-    path: str = Field(description="checkpoint directory, model id or file, depending on the source")
+    path: str = Field(description="checkpoint directory, hub id, model name or file; a prefix such as "
+                      "'hf:depth-anything/Depth-Anything-V2-Small-hf' or 'onnx:teacher.onnx' selects the source")
     tasks: list[str] | None = Field(None, description="student tasks it teaches (default: all it can)")
+    depth_convention: Literal["metric", "relative", "inverse_relative"] | None = Field(
+        None, description="what its depth means (default: the source's own knowledge of the model, else metric)")
+    class_map: str | None = Field(None, description="YAML mapping the teacher's classes onto the student's")
+    trust_remote_code: bool = Field(False, description="let transformers run code shipped with a hub model")
+    options: dict[str, Any] = Field(default_factory=dict, description="source-specific settings")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _source_from_prefix(cls, data: Any) -> Any:
+        if isinstance(data, dict) and isinstance(data.get("path"), str) and ":" in data["path"]:
+            prefix, rest = data["path"].split(":", 1)
+            if prefix in TEACHER_PREFIXES and not rest.startswith("//"):
+                data = {**data, "source": prefix, "path": rest}
+        return data
 
 
 class StrategyConfig(StrictModel):

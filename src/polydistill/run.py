@@ -135,7 +135,8 @@ def train_run(cfg: RunConfig, run_dir: str | Path, *, resume: bool = False,
     spec = model_spec(cfg, task_options)
     model, tasks = build_student(spec)
 
-    teachers: list[Teacher] = [build_teacher(t) for t in cfg.teachers]
+    student_classes = task_options.get("semseg", {}).get("class_names")
+    teachers: list[Teacher] = [build_teacher(t, student_classes) for t in cfg.teachers]
     for teacher in teachers:
         for task in teacher.tasks:
             if task not in tasks:

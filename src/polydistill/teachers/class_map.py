@@ -89,3 +89,22 @@ class ClassMap:
         probs = torch.softmax(logits.float(), dim=1)
         mapped = torch.einsum("ck,bkhw->bchw", self.matrix.to(probs.device), probs)
         return torch.log(mapped.clamp_min(EPS))
+
+
+def resolve_class_map(teacher: str, path: str | None, teacher_classes: list[str] | None,
+                      student_classes: list[str] | None, num_teacher_classes: int) -> ClassMap | None:
+    """The class map a segmentation teacher needs, or None when it already predicts the student's classes.
+
+    Errors say what to do: a teacher with other classes and no map, a map without a segmentation student.
+    """
+    if path is None:
+        if student_classes is not None and num_teacher_classes != len(student_classes):
+            raise ConfigError(
+                f"teacher '{teacher}' predicts {num_teacher_classes} classes but the student has "
+                f"{len(student_classes)}; give the teacher a class_map (YAML: student class -> teacher classes)"
+            )
+        return None
+    if student_classes is None:
+        raise ConfigError(f"teacher '{teacher}': class_map needs a semseg task (with class names) in the student")
+    names = teacher_classes or [str(i) for i in range(num_teacher_classes)]
+    return ClassMap.from_file(path, names if teacher_classes else None, student_classes)
