@@ -294,3 +294,42 @@ def test_hard_distillation_is_cross_entropy_on_teacher_argmax():
     assert task.distill_loss(student, teacher).item() == pytest.approx(expected, rel=1e-5)
     with pytest.raises(ConfigError, match="did you mean 'hard'"):
         SemsegTask(num_classes=2, distill="hardd")
+
+
+def test_scale_shift_invariant_depth_loss_is_zero_only_for_affine_predictions():
+    from polydistill.tasks.depth import scale_shift_invariant_loss
+
+    torch.manual_seed(0)
+    teacher = torch.rand(2, 1, 8, 8) + 0.5
+    valid = torch.ones_like(teacher, dtype=torch.bool)
+    affine = 3.7 * teacher - 0.4
+    assert torch.allclose(scale_shift_invariant_loss(affine, teacher, valid), torch.zeros(2), atol=1e-5)
+    assert torch.allclose(scale_shift_invariant_loss(teacher, 10 * teacher + 2, valid), torch.zeros(2), atol=1e-5)
+    other = torch.rand(2, 1, 8, 8)
+    assert (scale_shift_invariant_loss(other, teacher, valid) > 0.1).all()
+    # through the depth task: a student whose inverse depth is affine in the teacher's disparity
+    task = build_task("depth")
+    raw = -torch.log(2.0 * teacher + 0.1)  # student disparity = exp(-raw) = 2 * teacher + 0.1
+    assert torch.allclose(task.distill_loss(raw, teacher, kind="inverse_relative"), torch.zeros(2), atol=1e-5)
+    assert (task.distill_loss(raw, teacher, kind="relative") > 0).all()  # not affine in depth
+    raw.requires_grad_(True)
+    task.distill_loss(torch.log(other.clamp_min(0.1)).requires_grad_(), teacher, kind="relative").sum().backward()
+
+
+def test_class_map_sums_probabilities_and_keeps_the_unmapped_mass(tmp_path):
+    from polydistill.teachers.class_map import ClassMap
+
+    cmap = ClassMap({"floor": ["rug", "floor"], "wall": [2]}, ["floor", "rug", "wall", "sky"], ["floor", "wall"])
+    probs = torch.tensor([0.1, 0.2, 0.3, 0.4]).view(1, 4, 1, 1)
+    out = cmap.apply(probs.log()).exp().flatten()
+    assert torch.allclose(out, torch.tensor([0.3, 0.3, 0.4]), atol=1e-6)  # floor+rug, wall, unmapped (sky)
+    assert cmap.unmapped == ["sky"]
+    task = build_task("semseg", num_classes=2)
+    student = torch.tensor([0.0, 0.0]).view(1, 2, 1, 1)  # 50/50: exactly the renormalised teacher
+    assert float(task.distill_loss(student, cmap.apply(probs.log()))) == pytest.approx(0.0, abs=1e-5)
+    all_sky = cmap.apply(torch.tensor([-20.0, -20.0, -20.0, 20.0]).view(1, 4, 1, 1))
+    assert float(task.distill_loss(torch.tensor([5.0, -5.0]).view(1, 2, 1, 1), all_sky)) < 1e-3  # no opinion
+    with pytest.raises(ConfigError, match="many-to-one"):
+        ClassMap({"floor": ["rug"], "wall": ["rug"]}, ["rug"], ["floor", "wall"])
+    with pytest.raises(ConfigError, match="out of range"):
+        ClassMap({"floor": [7]}, ["rug"], ["floor", "wall"])

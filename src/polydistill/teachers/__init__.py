@@ -9,11 +9,20 @@ from ..errors import ConfigError
 from ..registry import Registry
 from .base import Teacher
 from .checkpoint import CheckpointTeacher
+from .huggingface import HuggingFaceTeacher
+from .onnx import OnnxTeacher
+from .torchvision_models import TorchvisionTeacher
 
 TEACHER_SOURCES: Registry[Callable[..., Teacher]] = Registry("teacher source")
 TEACHER_SOURCES.register("checkpoint")(CheckpointTeacher)
+TEACHER_SOURCES.register("hf")(HuggingFaceTeacher)
+TEACHER_SOURCES.register("onnx")(OnnxTeacher)
+TEACHER_SOURCES.register("torchvision")(TorchvisionTeacher)
 
-__all__ = ["TEACHER_SOURCES", "CheckpointTeacher", "Teacher", "build_teacher"]
+__all__ = [
+    "TEACHER_SOURCES", "CheckpointTeacher", "HuggingFaceTeacher", "OnnxTeacher", "Teacher", "TorchvisionTeacher",
+    "build_teacher",
+]
 
 
 def build_teacher(cfg: TeacherConfig, student_classes: list[str] | None = None) -> Teacher:

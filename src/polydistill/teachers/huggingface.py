@@ -1,0 +1,184 @@
+"""``hf:`` teachers: depth and semantic-segmentation models from the Hugging Face hub through ``transformers``.
+
+Supported (tested on tiny random-weight models built from a config and saved to a folder, the same
+``from_pretrained`` path a user with internet takes):
+
+* depth — ``AutoModelForDepthEstimation``: Depth Anything v1/v2, DPT, ZoeDepth, GLPN. The depth convention
+  comes from the model (Depth Anything relative and DPT/MiDaS → ``inverse_relative``; Depth Anything metric,
+  ZoeDepth, GLPN → ``metric``) unless the config sets ``depth_convention``;
+* semantic segmentation — ``AutoModelForSemanticSegmentation`` (SegFormer, UperNet, DPT-ADE...) and
+  Mask2Former/MaskFormer through their semantic combination of class and mask queries. Classes come from the
+  model's ``id2label``; a ``class_map`` maps them onto the student's classes.
+
+Preprocessing is the teacher's job: the image processor's mean/std; the input is resized to the processor's
+size (or ``options.input_size: [H, W]``), keeping the aspect ratio and rounding to multiples of the patch size
+where the processor asks for it (``keep_aspect_ratio`` / ``ensure_multiple_of``); outputs are resized back.
+
+Safety and offline use: weights load through ``from_pretrained`` (safetensors preferred by transformers);
+``trust_remote_code`` stays off unless the config turns it on. The local cache is tried first; with
+``HF_HUB_OFFLINE=1`` (what ``polydistill demo`` sets) or without network a model that is not cached fails at
+once with an error saying so, instead of retrying.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from ..errors import ConfigError
+from .base import Teacher
+from .class_map import resolve_class_map
+
+#: model_type -> depth convention of its output when the config does not say
+DEPTH_CONVENTION_BY_TYPE = {"dpt": "inverse_relative", "zoedepth": "metric", "glpn": "metric"}
+OPTION_KEYS = {"input_size", "revision"}
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
+
+
+def load_pretrained(loader: Any, path: str, name: str, **kwargs: Any) -> Any:
+    """``loader.from_pretrained`` from a local folder or the cache first; a clear error when not available."""
+    if Path(path).is_dir():
+        return loader.from_pretrained(path, **kwargs)
+    try:
+        return loader.from_pretrained(path, local_files_only=True, **kwargs)
+    except OSError as cached_miss:
+        if _offline():
+            raise ConfigError(
+                f"teacher '{name}': '{path}' is not cached locally and HF_HUB_OFFLINE is set; download it once "
+                f"with internet (e.g. `huggingface-cli download {path}`) or point path at a local folder"
+            ) from cached_miss
+    try:
+        return loader.from_pretrained(path, **kwargs)
+    except OSError as exc:
+        raise ConfigError(
+            f"teacher '{name}': could not load '{path}' from the hub and it is not cached locally ({exc}); "
+            "check the id and your connection, or point path at a local folder"
+        ) from None
+
+
+class HuggingFaceTeacher(Teacher):
+    def __init__(self, name: str, path: str, tasks: list[str] | None = None, *, depth_convention: str | None = None,
+                 class_map: str | None = None, student_classes: list[str] | None = None,
+                 trust_remote_code: bool = False, options: dict[str, Any] | None = None):
+        import transformers
+
+        options = dict(options or {})
+        unknown = set(options) - OPTION_KEYS
+        if unknown:
+            raise ConfigError(f"teacher '{name}': unknown options {sorted(unknown)} (hf teachers take "
+                              f"{sorted(OPTION_KEYS)})")
+        kwargs = {"trust_remote_code": trust_remote_code}
+        if options.get("revision"):
+            kwargs["revision"] = options["revision"]
+        config = load_pretrained(transformers.AutoConfig, path, name, **kwargs)
+        self.kind = self._kind(config, name, path)
+        own_task = "depth" if self.kind == "depth" else "semseg"
+        chosen = tasks or [own_task]
+        if chosen != [own_task]:
+            raise ConfigError(f"teacher '{name}' ({config.model_type}) predicts {own_task} only, not {chosen}")
+        loader = {
+            "depth": transformers.AutoModelForDepthEstimation,
+            "semseg": transformers.AutoModelForSemanticSegmentation,
+            "mask": transformers.AutoModelForUniversalSegmentation,
+        }[self.kind]
+        model = load_pretrained(loader, path, name, **kwargs)
+        mapping = None
+        if own_task == "semseg":
+            labels = [config.id2label[i] for i in range(len(config.id2label))]
+            mapping = resolve_class_map(name, class_map, labels, student_classes, len(labels))
+        elif class_map:
+            raise ConfigError(f"teacher '{name}' is a depth model: class_map does not apply")
+        if own_task == "depth" and depth_convention is None:
+            depth_convention = self._depth_convention(config, name)
+        super().__init__(name, tuple(chosen), depth_convention=depth_convention or "metric", class_map=mapping)
+        self.model = model
+        self.path = path
+        self._setup_preprocessing(path, name, options, kwargs)
+        self.freeze()
+
+    # -------------------------------------------------------------------------------------- model kind
+
+    @staticmethod
+    def _kind(config: Any, name: str, path: str) -> str:
+        architectures = " ".join(config.architectures or [])
+        if "DepthEstimation" in architectures or config.model_type in ("depth_anything", "zoedepth", "glpn"):
+            return "depth"
+        if config.model_type in ("mask2former", "maskformer", "oneformer"):
+            return "mask"
+        if "SemanticSegmentation" in architectures or config.model_type in ("segformer", "upernet"):
+            return "semseg"
+        if config.model_type == "dpt":
+            return "semseg" if "SemanticSegmentation" in architectures else "depth"
+        raise ConfigError(
+            f"teacher '{name}': '{path}' is a {config.model_type} model ({architectures or 'no architecture'}); "
+            "hf teachers cover depth estimation and semantic segmentation (feature teachers come with the "
+            "features task)"
+        )
+
+    @staticmethod
+    def _depth_convention(config: Any, name: str) -> str:
+        if config.model_type == "depth_anything":
+            return "metric" if getattr(config, "depth_estimation_type", "relative") == "metric" else "inverse_relative"
+        if config.model_type in DEPTH_CONVENTION_BY_TYPE:
+            return DEPTH_CONVENTION_BY_TYPE[config.model_type]
+        raise ConfigError(f"teacher '{name}': cannot tell what a {config.model_type} model's depth means; set "
+                          "depth_convention: metric, relative or inverse_relative")
+
+    # ---------------------------------------------------------------------------------- preprocessing
+
+    def _setup_preprocessing(self, path: str, name: str, options: dict[str, Any], kwargs: dict[str, Any]) -> None:
+        import transformers
+
+        try:
+            processor = load_pretrained(transformers.AutoImageProcessor, path, name, **kwargs)
+        except (ConfigError, ValueError, OSError):
+            processor = None  # a bare model folder: ImageNet statistics, native size
+        mean = getattr(processor, "image_mean", None) or [0.485, 0.456, 0.406]
+        std = getattr(processor, "image_std", None) or [0.229, 0.224, 0.225]
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
+        size = getattr(processor, "size", None) or {}
+        self.input_size = tuple(options["input_size"]) if options.get("input_size") else None
+        if self.input_size is None and "height" in size and "width" in size:
+            self.input_size = (int(size["height"]), int(size["width"]))
+        self.keep_aspect_ratio = bool(getattr(processor, "keep_aspect_ratio", False))
+        self.multiple = int(getattr(processor, "ensure_multiple_of", 1) or 1)
+
+    def model_input_size(self, height: int, width: int) -> tuple[int, int]:
+        if self.input_size is None:
+            target = (height, width)
+        elif self.keep_aspect_ratio:  # scale so both sides reach the processor's size, keep the ratio
+            scale = max(self.input_size[0] / height, self.input_size[1] / width)
+            target = (height * scale, width * scale)
+        else:
+            target = self.input_size
+        m = self.multiple
+        rounding = math.ceil if self.keep_aspect_ratio else round
+        return tuple(max(m, int(rounding(v / m)) * m) for v in target)  # type: ignore[return-value]
+
+    # ----------------------------------------------------------------------------------------- predict
+
+    def _predict(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        size = self.model_input_size(*images.shape[-2:])
+        x = images.float()
+        if tuple(x.shape[-2:]) != size:
+            x = F.interpolate(x, size=size, mode="bicubic", align_corners=False).clamp(0, 1)
+        x = (x - self.mean) / self.std
+        out = self.model(pixel_values=x)
+        if self.kind == "depth":
+            return {"depth": out.predicted_depth}
+        if self.kind == "semseg":
+            return {"semseg": out.logits}
+        classes = out.class_queries_logits.softmax(-1)[..., :-1]  # drop the "no object" class
+        masks = out.masks_queries_logits.sigmoid()
+        probs = torch.einsum("bqc,bqhw->bchw", classes, masks)
+        probs = probs / probs.sum(1, keepdim=True).clamp_min(1e-6)
+        return {"semseg": torch.log(probs.clamp_min(1e-6))}
