@@ -28,6 +28,20 @@ from ..errors import ConfigError
 from ..registry import did_you_mean
 
 EPS = 1e-6
+#: maps shipped with polydistill, usable by name (``class_map: ade20k_to_cityscapes19``)
+SHIPPED_MAPS = Path(__file__).resolve().parent.parent / "class_maps"
+
+
+def find_class_map(path: str | Path) -> Path:
+    """A map file by path, or a shipped map by name (e.g. ``ade20k_to_nyuv2_13``)."""
+    candidate = Path(path)
+    if candidate.is_file():
+        return candidate
+    shipped = SHIPPED_MAPS / f"{path}.yaml"
+    if shipped.is_file():
+        return shipped
+    names = sorted(p.stem for p in SHIPPED_MAPS.glob("*.yaml")) if SHIPPED_MAPS.is_dir() else []
+    raise ConfigError(f"class map file not found: {path} (shipped maps: {', '.join(names) or 'none'})")
 
 
 class ClassMap:
@@ -67,9 +81,7 @@ class ClassMap:
     @classmethod
     def from_file(cls, path: str | Path, teacher_classes: list[str] | None,
                   student_classes: list[str]) -> ClassMap:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"class map file not found: {path}")
+        path = find_class_map(path)
         data: dict[str, Any] = yaml.safe_load(path.read_text()) or {}
         if not isinstance(data.get("map"), dict):
             raise ConfigError(f"{path}: a class map needs a 'map:' section (student class -> teacher classes)")
