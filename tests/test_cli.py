@@ -119,3 +119,10 @@ def test_predict_writes_maps_and_pictures(trained_run, tiny_data, tmp_path):
     assert depth.dtype == np.uint16 and depth.shape == (32, 48) and depth.min() > 0
     assert classes.shape == (32, 48) and classes.max() < 3
     assert (tmp_path / "pred" / "0001_depth_vis.png").exists()
+
+
+def test_modules_command_lists_paths(trained_run):
+    result, _ = run_cli("modules", trained_run, "--depth", "1")
+    assert result.exit_code == 0 and set(result.output.split()) >= {"backbone", "neck", "heads"}
+    result, _ = run_cli("modules", "timm:resnet18", "--depth", "2")
+    assert result.exit_code == 0 and "layer4.1" in result.output.split()

@@ -154,5 +154,24 @@ def config_cmd(
     sys.stdout.write(dump_config(cfg))
 
 
+@app.command("modules")
+def modules_cmd(
+    model: Annotated[str, typer.Argument(help="a polydistill run/checkpoint folder, or timm:<model name>")],
+    depth: Annotated[int | None, typer.Option(help="only paths with at most this many dotted parts")] = None,
+):
+    """List the module paths of a model (what recorders and feature distillation can hook)."""
+    from .recorders import module_paths
+
+    if model.startswith("timm:"):
+        import timm
+
+        net = timm.create_model(model[len("timm:"):], pretrained=False)
+    else:
+        from .evaluation.report import load_student
+
+        net = load_student(model)[0]
+    sys.stdout.write("\n".join(module_paths(net, max_depth=depth)) + "\n")
+
+
 if __name__ == "__main__":
     app()
