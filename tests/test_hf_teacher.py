@@ -100,3 +100,14 @@ def test_relative_hf_teacher_distills_into_a_metric_student(tiny_data, tmp_path)
     total = [r["loss/depth/da"] + r["loss/semseg/seg"] for r in rows]
     assert all(0 < v < float("inf") for v in depth)
     assert sum(total[-3:]) < sum(total[:3])  # a few distillation steps reduce the loss
+
+
+def test_fingerprint_covers_weights_and_preprocessing(tmp_path):
+    tiny_segformer(tmp_path / "seg", labels=("floor", "wall", "box"))
+    path = f"hf:{tmp_path / 'seg'}"
+    plain = build_teacher(TeacherConfig(name="s", path=path)).fingerprint()
+    assert build_teacher(TeacherConfig(name="s", path=path)).fingerprint() == plain
+    resized = build_teacher(TeacherConfig(name="s", path=path, options={"input_size": [64, 64]})).fingerprint()
+    assert resized != plain  # same weights, other preprocessing: cached outputs must not be reused
+    tiny_segformer(tmp_path / "seg2", labels=("floor", "wall", "box"))  # new random weights
+    assert build_teacher(TeacherConfig(name="s", path=f"hf:{tmp_path / 'seg2'}")).fingerprint() != plain

@@ -10,7 +10,9 @@ under ``no_grad`` and are never wrapped for distributed training.
 from __future__ import annotations
 
 import hashlib
+import json
 from abc import ABC, abstractmethod
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -54,13 +56,24 @@ class Teacher(nn.Module, ABC):
         """Teachers never leave eval mode (batch-norm statistics and dropout stay fixed)."""
         return super().train(False)
 
-    def fingerprint(self) -> str:
-        """Identifies the weights (so cached outputs are invalidated when the teacher changes)."""
+    def weights_fingerprint(self) -> str:
+        """Identifies the weights (hash of the state dict)."""
         h = hashlib.sha256()
         for key, tensor in sorted(self.state_dict().items()):
             h.update(key.encode())
             h.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
         return h.hexdigest()[:16]
+
+    def recipe(self) -> dict[str, Any]:
+        """Everything besides the weights that changes the outputs (preprocessing, conventions, class map)."""
+        cmap = None if self.class_map is None else self.class_map.matrix.tolist()
+        return {"tasks": list(self.tasks), "depth_convention": self.depth_convention, "class_map": cmap}
+
+    def fingerprint(self) -> str:
+        """Identifies weights *and* recipe, so cached outputs are invalidated when either changes."""
+        blob = json.dumps({"weights": self.weights_fingerprint(), "recipe": self.recipe()}, sort_keys=True,
+                          default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     @abstractmethod
     def _predict(self, images: torch.Tensor) -> dict[str, torch.Tensor]: ...

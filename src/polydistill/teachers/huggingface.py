@@ -164,6 +164,10 @@ class HuggingFaceTeacher(Teacher):
         rounding = math.ceil if self.keep_aspect_ratio else round
         return tuple(max(m, int(rounding(v / m)) * m) for v in target)  # type: ignore[return-value]
 
+    def recipe(self) -> dict[str, Any]:
+        return {**super().recipe(), "mean": self.mean.flatten().tolist(), "std": self.std.flatten().tolist(),
+                "input_size": self.input_size, "keep_aspect_ratio": self.keep_aspect_ratio, "multiple": self.multiple}
+
     # ----------------------------------------------------------------------------------------- predict
 
     def _predict(self, images: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -233,7 +233,13 @@ class OnnxTeacher(Teacher):
 
     # --- the Teacher contract -------------------------------------------------------------------------
 
-    def fingerprint(self) -> str:
+    def recipe(self) -> dict[str, Any]:
+        mean = None if self._mean is None else self._mean.flatten().tolist()
+        std = None if self._std is None else self._std.flatten().tolist()
+        return {**super().recipe(), "input_size": self._input_size, "mean": mean, "std": std,
+                "outputs": dict(self._outputs)}
+
+    def weights_fingerprint(self) -> str:
         """Identifies the weights the session was loaded from (the ONNX file's bytes at construction)."""
         return self._fingerprint
 
