@@ -111,3 +111,14 @@ def test_fingerprint_covers_weights_and_preprocessing(tmp_path):
     assert resized != plain  # same weights, other preprocessing: cached outputs must not be reused
     tiny_segformer(tmp_path / "seg2", labels=("floor", "wall", "box"))  # new random weights
     assert build_teacher(TeacherConfig(name="s", path=f"hf:{tmp_path / 'seg2'}")).fingerprint() != plain
+
+
+def test_same_count_but_other_class_names_needs_a_class_map(tmp_path):
+    tiny_segformer(tmp_path / "seg", labels=("wall", "floor", "box"))  # the student's classes, other order
+    with pytest.raises(ConfigError, match="class_map"):
+        build_teacher(TeacherConfig(name="s", path=f"hf:{tmp_path / 'seg'}"), ["floor", "wall", "box"])
+    identity = tmp_path / "identity.yaml"
+    identity.write_text("map: {floor: [floor], wall: [wall], box: [box]}\n")
+    teacher = build_teacher(TeacherConfig(name="s", path=f"hf:{tmp_path / 'seg'}", class_map=str(identity)),
+                            ["floor", "wall", "box"])
+    assert teacher.class_map.unmapped == []

@@ -18,6 +18,7 @@ the teacher sees as "something we have no class for" teaches nothing instead of 
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -115,8 +116,20 @@ def resolve_class_map(teacher: str, path: str | None, teacher_classes: list[str]
                 f"teacher '{teacher}' predicts {num_teacher_classes} classes but the student has "
                 f"{len(student_classes)}; give the teacher a class_map (YAML: student class -> teacher classes)"
             )
+        if student_classes is not None and teacher_classes and not _generic(teacher_classes):
+            if [c.strip().lower() for c in teacher_classes] != [c.strip().lower() for c in student_classes]:
+                raise ConfigError(
+                    f"teacher '{teacher}' names its classes {teacher_classes[:6]}... but the student's are "
+                    f"{student_classes[:6]}...; give the teacher a class_map (an identity map in the student's order "
+                    "if they only differ in order or spelling)"
+                )
         return None
     if student_classes is None:
         raise ConfigError(f"teacher '{teacher}': class_map needs a semseg task (with class names) in the student")
     names = teacher_classes or [str(i) for i in range(num_teacher_classes)]
     return ClassMap.from_file(path, names if teacher_classes else None, student_classes)
+
+
+def _generic(names: list[str]) -> bool:
+    """Placeholder names (``LABEL_3``, ``3``) say nothing about what a class is: nothing to compare."""
+    return all(re.fullmatch(r"(label_)?\d+", str(n).strip().lower()) for n in names)

@@ -89,7 +89,11 @@ class HuggingFaceTeacher(Teacher):
             "semseg": transformers.AutoModelForSemanticSegmentation,
             "mask": transformers.AutoModelForUniversalSegmentation,
         }[self.kind]
-        model = load_pretrained(loader, path, name, **kwargs)
+        try:
+            model = load_pretrained(loader, path, name, **kwargs)
+        except ImportError as exc:  # e.g. Mask2Former builds its (unused) matcher with scipy
+            raise ConfigError(f"teacher '{name}': {config.model_type} needs an extra package ({exc}); install it "
+                              "(e.g. pip install scipy)") from None
         mapping = None
         if own_task == "semseg":
             labels = [config.id2label[i] for i in range(len(config.id2label))]
@@ -111,7 +115,7 @@ class HuggingFaceTeacher(Teacher):
         architectures = " ".join(config.architectures or [])
         if "DepthEstimation" in architectures or config.model_type in ("depth_anything", "zoedepth", "glpn"):
             return "depth"
-        if config.model_type in ("mask2former", "maskformer", "oneformer"):
+        if config.model_type in ("mask2former", "maskformer"):
             return "mask"
         if "SemanticSegmentation" in architectures or config.model_type in ("segformer", "upernet"):
             return "semseg"
@@ -141,8 +145,11 @@ class HuggingFaceTeacher(Teacher):
             processor = load_pretrained(transformers.AutoImageProcessor, path, name, **kwargs)
         except (ConfigError, ValueError, OSError):
             processor = None  # a bare model folder: ImageNet statistics, native size
-        mean = getattr(processor, "image_mean", None) or [0.485, 0.456, 0.406]
-        std = getattr(processor, "image_std", None) or [0.229, 0.224, 0.225]
+        if processor is not None and not getattr(processor, "do_normalize", True):
+            mean, std = [0.0, 0.0, 0.0], [1.0, 1.0, 1.0]  # e.g. GLPN: pixels in [0, 1], no normalisation
+        else:
+            mean = getattr(processor, "image_mean", None) or [0.485, 0.456, 0.406]
+            std = getattr(processor, "image_std", None) or [0.229, 0.224, 0.225]
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         size = getattr(processor, "size", None) or {}
@@ -150,7 +157,8 @@ class HuggingFaceTeacher(Teacher):
         if self.input_size is None and "height" in size and "width" in size:
             self.input_size = (int(size["height"]), int(size["width"]))
         self.keep_aspect_ratio = bool(getattr(processor, "keep_aspect_ratio", False))
-        self.multiple = int(getattr(processor, "ensure_multiple_of", 1) or 1)
+        self.multiple = int(getattr(processor, "ensure_multiple_of", None) or getattr(processor, "size_divisor", None)
+                            or 1)  # DPT/Depth Anything patch multiples, GLPN/Mask2Former size divisors
 
     def model_input_size(self, height: int, width: int) -> tuple[int, int]:
         if self.input_size is None:
