@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 from pathlib import Path
 from typing import Any
@@ -87,19 +86,15 @@ def plot_weights(run_dir: Path, out_png: Path) -> Path | None:
     path = Path(run_dir) / "steps.csv"
     if not path.exists():
         return None
-    with open(path, newline="") as fh:
-        reader = csv.DictReader(fh)
-        columns = list(reader.fieldnames or [])
-        rows = list(reader)
+    rows = read_steps(path)
+    columns = sorted({c for r in rows for c in r})
     panels = (("teacher_weight/", "teacher weights (mean per-sample weight)"),
               ("task_weight/", "task weights λ_t"))
     series: list[list[tuple[str, np.ndarray, np.ndarray]]] = []
     for prefix, _ in panels:
         lines = []
         for col in sorted(c for c in columns if c.startswith(prefix)):
-            pts = [(float(r["step"]), float(r[col])) for r in rows
-                   if r.get(col) not in ("", None) and r.get("step") not in ("", None)]
-            pts = [(x, y) for x, y in pts if np.isfinite(y)]
+            pts = [(r["step"], r[col]) for r in rows if col in r and "step" in r and np.isfinite(r[col])]
             if pts:
                 x, y = np.array(pts).T
                 lines.append((col[len(prefix):], x, _running_mean(y, WEIGHT_SMOOTHING)))

@@ -18,7 +18,20 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..errors import ConfigError
+from ..registry import did_you_mean
+
 DEPTH_CONVENTIONS = ("metric", "relative", "inverse_relative")
+
+
+def check_option_keys(teacher: str, options: dict[str, Any] | None, allowed: tuple[str, ...],
+                      source: str) -> dict[str, Any]:
+    """A copy of a teacher's ``options``; an unknown key is a config error with a suggestion."""
+    options = dict(options or {})
+    for key in options:
+        if key not in allowed:
+            raise ConfigError(f"teacher '{teacher}': unknown {source} option '{key}'{did_you_mean(str(key), allowed)}")
+    return options
 
 
 class Teacher(nn.Module, ABC):

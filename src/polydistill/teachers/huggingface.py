@@ -31,12 +31,12 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError
-from .base import Teacher
+from .base import Teacher, check_option_keys
 from .class_map import resolve_class_map
 
 #: model_type -> depth convention of its output when the config does not say
 DEPTH_CONVENTION_BY_TYPE = {"dpt": "inverse_relative", "zoedepth": "metric", "glpn": "metric"}
-OPTION_KEYS = {"input_size", "revision"}
+OPTION_KEYS = ("input_size", "revision")
 
 
 def _offline() -> bool:
@@ -70,11 +70,7 @@ class HuggingFaceTeacher(Teacher):
                  trust_remote_code: bool = False, options: dict[str, Any] | None = None):
         import transformers
 
-        options = dict(options or {})
-        unknown = set(options) - OPTION_KEYS
-        if unknown:
-            raise ConfigError(f"teacher '{name}': unknown options {sorted(unknown)} (hf teachers take "
-                              f"{sorted(OPTION_KEYS)})")
+        options = check_option_keys(name, options, OPTION_KEYS, "hf")
         kwargs = {"trust_remote_code": trust_remote_code}
         if options.get("revision"):
             kwargs["revision"] = options["revision"]

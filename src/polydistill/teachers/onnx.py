@@ -44,7 +44,7 @@ import torch.nn.functional as F
 
 from ..errors import ConfigError
 from ..registry import did_you_mean
-from .base import Teacher
+from .base import Teacher, check_option_keys
 from .class_map import resolve_class_map
 
 TASKS = ("depth", "semseg")
@@ -156,11 +156,7 @@ class OnnxTeacher(Teacher):
 
     @staticmethod
     def _check_options(name: str, options: dict[str, Any] | None) -> dict[str, Any]:
-        opts = dict(options or {})
-        unknown = [k for k in opts if k not in OPTION_KEYS]
-        if unknown:
-            raise ConfigError(f"teacher '{name}': unknown ONNX option '{unknown[0]}'"
-                              f"{did_you_mean(str(unknown[0]), OPTION_KEYS)}")
+        opts = check_option_keys(name, options, OPTION_KEYS, "ONNX")
         outputs = opts.get("outputs")
         if outputs is not None and (not isinstance(outputs, dict)
                                     or not all(isinstance(k, str) and isinstance(v, str) for k, v in outputs.items())):

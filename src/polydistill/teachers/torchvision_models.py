@@ -45,7 +45,7 @@ import torch
 
 from ..errors import ConfigError
 from ..registry import did_you_mean
-from .base import Teacher
+from .base import Teacher, check_option_keys
 from .class_map import resolve_class_map
 
 OPTION_KEYS = ("weights", "weights_file", "num_classes", "aux_loss")
@@ -124,11 +124,7 @@ class TorchvisionTeacher(Teacher):
         if path not in models:
             raise ConfigError(f"teacher '{name}': unknown torchvision segmentation model '{path}'"
                               f"{did_you_mean(str(path), models)}")
-        options = dict(options or {})
-        unknown = [k for k in options if k not in OPTION_KEYS]
-        if unknown:
-            raise ConfigError(f"teacher '{name}': unknown option(s) {unknown} for a torchvision teacher"
-                              f"{did_you_mean(str(unknown[0]), OPTION_KEYS)}")
+        options = check_option_keys(name, options, OPTION_KEYS, "torchvision")
 
         weights_file = options.get("weights_file")
         weights_name = options.get("weights", None if weights_file else "DEFAULT")

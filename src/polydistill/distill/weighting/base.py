@@ -95,19 +95,6 @@ class Strategy(nn.Module):
         """Validation metrics of the student; return a record to log when the strategy updated."""
         return None
 
-    # non-tensor state (lists, floats) travels through nn.Module's extra-state hook
-    def extra_state(self) -> dict[str, Any]:
-        return {}
-
-    def load_extra_state(self, state: dict[str, Any]) -> None:
-        pass
-
-    def get_extra_state(self) -> dict[str, Any]:
-        return self.extra_state()
-
-    def set_extra_state(self, state: dict[str, Any]) -> None:
-        self.load_extra_state(state)
-
 
 class TeacherWeighting(Strategy):
     """Weights of the teachers of each task, per sample (and optionally per pixel)."""

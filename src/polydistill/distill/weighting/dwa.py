@@ -8,8 +8,6 @@ complete. A task whose loss falls slowly gets more weight. Losses are detached: 
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from pydantic import Field
 
@@ -56,6 +54,3 @@ class DWAWeighting(TaskWeighting):
         self.history.copy_(torch.stack([self.history[1], means]))
         self.sums.zero_()
         self.counts.zero_()
-
-    def extra_state(self) -> dict[str, Any]:
-        return {}

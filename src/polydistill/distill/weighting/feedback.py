@@ -99,11 +99,12 @@ class FeedbackWeighting(TeacherWeighting):
         self.history.append(record)
         return record
 
-    def extra_state(self) -> dict[str, Any]:
+    # non-tensor state (scores, history) travels in the state dict through nn.Module's extra-state hook
+    def get_extra_state(self) -> dict[str, Any]:
         scores = {f"{t}/{k}": (None if math.isnan(v) else v) for (t, k), v in self.teacher_scores.items()}
         return {"teacher_scores": scores, "history": self.history, "last_update": self.last_update}
 
-    def load_extra_state(self, state: dict[str, Any]) -> None:
+    def set_extra_state(self, state: dict[str, Any]) -> None:
         self.history = list(state.get("history", []))
         self.last_update = int(state.get("last_update", -(10**9)))
         for key, v in state.get("teacher_scores", {}).items():
