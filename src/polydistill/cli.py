@@ -169,7 +169,7 @@ def modules_cmd(
     else:
         from .evaluation.report import load_student
 
-        net = load_student(model)[0]
+        net = load_student(model, inference=False)[0]
     sys.stdout.write("\n".join(module_paths(net, max_depth=depth)) + "\n")
 
 

@@ -57,6 +57,9 @@ class StudentConfig(StrictModel):
     pretrained: bool = Field(False, description="load timm pretrained weights (needs them cached or online)")
     neck_channels: int = Field(64, gt=0)
     head_channels: int | None = Field(None, description="hidden width of each task head (default: neck)")
+    layout: Literal["plain", "sak"] = Field(
+        "plain", description="'sak': adapter path per features task and a router per dense task (SAK)")
+    adapter_ratio: int = Field(4, gt=0, description="SAK adapters' bottleneck: channels / adapter_ratio")
 
 
 TEACHER_PREFIXES = ("hf", "torchvision", "onnx", "timm", "checkpoint")
@@ -159,6 +162,9 @@ class TrainConfig(StrictModel):
     seed: int = 0
     threads: int | None = Field(None, gt=0, description="torch CPU threads (default: torch's choice)")
     progress: bool = True
+    init_from: str | None = Field(
+        None, description="start from a polydistill checkpoint's weights (run or checkpoint folder): tensors with "
+        "matching names and shapes load, new parts (heads, routers) start fresh — e.g. SAK stage 2 from stage 1")
 
 
 class RunConfig(StrictModel):

@@ -20,13 +20,14 @@ from .distill import Objective
 from .distill.trajectory import KnowledgeTrajectory
 from .distill.weighting import TASK_WEIGHTINGS, TEACHER_WEIGHTINGS, build_weighting
 from .distill.weighting.base import parse_options
+from .engine.checkpoint import find_checkpoint, load_matching_weights
 from .engine.teacher_targets import precompute_teacher_outputs
 from .engine.trainer import FitResult, Trainer
 from .errors import ConfigError
 from .evaluation.evaluate import evaluate
 from .registry import did_you_mean
 from .students import build_student
-from .tasks import TASKS
+from .tasks import TASKS, task_type
 from .teachers import TEACHER_SOURCES, Teacher, build_teacher
 
 
@@ -44,9 +45,26 @@ class RunResult:
     spec: dict[str, Any]
 
 
-def resolve_task_options(cfg: RunConfig, dataset: FolderDataset) -> dict[str, dict[str, Any]]:
-    """Fill task options the data already knows (number and names of classes, ignore index)."""
+def labelled_tasks(cfg: RunConfig) -> tuple[str, ...]:
+    """The tasks whose labels come from the data (a features task learns from its teachers only)."""
+    return tuple(n for n, opts in cfg.tasks.items() if TASKS.get(task_type(n, opts)).has_labels)
+
+
+def resolve_task_options(cfg: RunConfig, dataset: FolderDataset,
+                         teachers: list[Teacher] = ()) -> dict[str, dict[str, Any]]:
+    """Fill task options the data and the teachers already know (classes, ignore index, feature channels)."""
     tasks = {name: dict(opts) for name, opts in cfg.tasks.items()}
+    for name, opts in tasks.items():
+        if TASKS.get(task_type(name, opts)).has_labels:
+            continue
+        given = {t.name: t.feature_channels[name] for t in teachers if name in t.feature_channels}
+        if not given:
+            raise ConfigError(f"features task '{name}' has no teacher: add a feature teacher with tasks: [{name}]")
+        if len(set(given.values())) > 1 or opts.get("channels", next(iter(given.values()))) not in given.values():
+            raise ConfigError(f"features task '{name}': its teachers give {given} channels and the task says "
+                              f"{opts.get('channels')}; one features task per teacher representation (or equal "
+                              f"channels), and leave tasks.{name}.channels unset to take the teacher's")
+        opts["channels"] = next(iter(given.values()))
     if "semseg" in tasks:
         opts = tasks["semseg"]
         if "num_classes" in opts and opts["num_classes"] != dataset.num_classes:
@@ -67,8 +85,14 @@ def model_spec(cfg: RunConfig, task_options: dict[str, dict[str, Any]]) -> dict[
 
 def check_names(cfg: RunConfig) -> None:
     """Fail fast on unknown component names, before data or models are touched."""
-    for name in cfg.tasks:
-        TASKS.get(name)
+    for name, opts in cfg.tasks.items():
+        kind = task_type(name, opts)
+        if TASKS.get(kind).has_labels and kind != name:
+            raise ConfigError(f"task '{name}' of type '{kind}' reads its labels from the '{kind}' folder: name it "
+                              f"'{kind}' (own names are for label-free tasks, e.g. dino: {{type: features}})")
+    if cfg.student.layout == "sak" and cfg.distill.task_weighting.name == "gradnorm":
+        raise ConfigError("gradnorm needs one shared feature map, but the SAK layout gives every task its own "
+                          "mixture; choose another distill.task_weighting (uncertainty, dwa, equal)")
     for key, registry in (("teacher_weighting", TEACHER_WEIGHTINGS), ("task_weighting", TASK_WEIGHTINGS)):
         strategy = getattr(cfg.distill, key)
         parse_options(registry.get(strategy.name).Options, strategy.options, f"distill.{key} '{strategy.name}'")
@@ -94,7 +118,7 @@ def check_names(cfg: RunConfig) -> None:
 def build_datasets(cfg: RunConfig) -> tuple[Dataset, FolderDataset, FolderDataset | None]:
     """(training set as sampled, the un-augmented training folder, validation set)."""
     size = (cfg.data.height, cfg.data.width)
-    tasks = tuple(cfg.tasks)
+    tasks = labelled_tasks(cfg)
     train = FolderDataset(cfg.data.train, tasks, transform=build_train_transform(cfg.data.augment),
                           seed=cfg.train.seed, image_size=size)
     plain = FolderDataset(cfg.data.train, tasks, image_size=size)
@@ -116,7 +140,9 @@ def teacher_validation_metrics(teachers: list[Teacher], tasks: dict, val_set: Da
     out = {}
     for teacher in teachers:
         teacher.to(device)
-        own = {t: tasks[t] for t in teacher.tasks}
+        own = {t: tasks[t] for t in teacher.tasks if tasks[t].has_labels}
+        if not own:
+            continue
         out[teacher.name] = evaluate(teacher.predict, own, val_set, batch_size=cfg.data.batch_size * 2, device=device)
     return out
 
@@ -131,12 +157,17 @@ def train_run(cfg: RunConfig, run_dir: str | Path, *, resume: bool = False,
     torch.manual_seed(cfg.train.seed)
 
     train_set, plain_train, val_set = build_datasets(cfg)
-    task_options = resolve_task_options(cfg, plain_train)
+    student_classes = None
+    if "semseg" in cfg.tasks:
+        student_classes = cfg.tasks["semseg"].get("class_names") or list(plain_train.class_names)
+    teachers: list[Teacher] = [build_teacher(t, student_classes) for t in cfg.teachers]
+    task_options = resolve_task_options(cfg, plain_train, teachers)
     spec = model_spec(cfg, task_options)
     model, tasks = build_student(spec)
-
-    student_classes = task_options.get("semseg", {}).get("class_names")
-    teachers: list[Teacher] = [build_teacher(t, student_classes) for t in cfg.teachers]
+    if cfg.train.init_from:
+        source = find_checkpoint(cfg.train.init_from)
+        report = load_matching_weights(model, source)
+        (run_dir / "init_from.json").write_text(json.dumps({"checkpoint": str(source), **report}, indent=2))
     for teacher in teachers:
         for task in teacher.tasks:
             if task not in tasks:
@@ -156,18 +187,19 @@ def train_run(cfg: RunConfig, run_dir: str | Path, *, resume: bool = False,
         store = precompute_teacher_outputs(teachers, plain_train, batch_size=cfg.data.batch_size * 2,
                                            device=device, progress=cfg.train.progress,
                                            cache_dir=cfg.distill.teacher_cache)
-        train_set.attach_teacher_outputs(store)
+        train_set.attach_teacher_outputs(store, keep_grid=[n for n, t in tasks.items() if not t.dense_output])
     else:
         online = teachers
 
     weighting = build_weighting(cfg.distill, tasks, teachers_per_task)
     if weighting.needs_teacher_metrics:
         weighting.teacher.set_teacher_metrics(teacher_validation_metrics(teachers, tasks, val_set, cfg))
-    trajectory = KnowledgeTrajectory(cfg.distill.trajectory, model, tasks) if cfg.distill.trajectory else None
+    scored = {n: t for n, t in tasks.items() if t.has_labels}
+    trajectory = KnowledgeTrajectory(cfg.distill.trajectory, model, scored) if cfg.distill.trajectory else None
 
     save_config(cfg, run_dir / "config.yaml")
     kinds = {(t, teacher.name): teacher.output_kind(t) for teacher in teachers for t in teacher.tasks}
-    objective = Objective(tasks, teachers_per_task, trajectory_tasks=list(tasks) if trajectory else None,
+    objective = Objective(tasks, teachers_per_task, trajectory_tasks=list(scored) if trajectory else None,
                           teacher_kinds=kinds)
     trainer = Trainer(
         model=model, spec=spec, tasks=tasks, objective=objective, weighting=weighting, train_set=sampled,

@@ -256,6 +256,7 @@ class FolderDataset(torch.utils.data.Dataset):
         self._epoch = 0
         self._resize = None if image_size is None else Resize(image_size)
         self._teacher_source: Callable[[int], TeacherMaps] | None = None
+        self._keep_grid: frozenset[str] = frozenset()
         images, skipped = _list_folder(self.root / "images", IMAGE_EXTENSIONS)
         if not images:
             raise DataError(f"{self.root / 'images'} holds no .png/.jpg/.jpeg images")
@@ -340,14 +341,18 @@ class FolderDataset(torch.utils.data.Dataset):
         self._epoch = int(epoch)
 
     def attach_teacher_outputs(
-        self, source: Callable[[int], TeacherMaps] | Mapping[str, Mapping[str, torch.Tensor]]
+        self, source: Callable[[int], TeacherMaps] | Mapping[str, Mapping[str, torch.Tensor]],
+        keep_grid: Sequence[str] = (),
     ) -> None:
         """Join precomputed teacher maps to every sample *before* augmentation, so they move with the image.
 
         ``source`` is a callable ``(index) -> {teacher: {task: (C, h, w)}}`` (picklable, for workers), or
         ``{teacher: {task: (N, C, h, w)}}`` with ``N = len(self)``. Maps are resized bilinearly to the
-        image grid, so every geometric transform applies to them exactly.
+        image grid, so every geometric transform applies to them exactly — except maps of the tasks in
+        ``keep_grid`` (feature maps on a teacher's token grid, too large at image resolution), which the
+        transforms resample in normalised image coordinates instead.
         """
+        self._keep_grid = frozenset(keep_grid)
         if not callable(source):
             for name, maps in source.items():
                 for task, t in maps.items():
@@ -428,7 +433,7 @@ class FolderDataset(torch.utils.data.Dataset):
                         f"teacher output '{name}/{task}' for index {index} must be a (C, h, w) tensor"
                     )
                 t = t.float()
-                if tuple(t.shape[-2:]) != size:
+                if tuple(t.shape[-2:]) != size and task not in self._keep_grid:
                     t = F.resize(t, list(size), interpolation=InterpolationMode.BILINEAR, antialias=True)
                 out[name][task] = t
         return out

@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
+from torchvision.ops import roi_align
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
@@ -46,11 +47,21 @@ def _pair(size: int | Sequence[int]) -> tuple[int, int]:
     return int(h), int(w)
 
 
-def _map_dense(sample: dict, fn: Callable[[torch.Tensor, InterpolationMode], torch.Tensor]) -> dict:
-    """Apply ``fn(map, interpolation)`` to the image and every dense map; returns a new sample."""
+GridFn = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _map_dense(sample: dict, fn: Callable[[torch.Tensor, InterpolationMode], torch.Tensor],
+               grid_fn: GridFn | None = None) -> dict:
+    """Apply ``fn(map, interpolation)`` to the image and every dense map; returns a new sample.
+
+    A teacher map on a coarser grid than the image (features on a teacher's token grid) goes through
+    ``grid_fn`` instead, which applies the same geometric change in normalised image coordinates.
+    """
     size = sample["image"].shape[-2:]
 
-    def apply(t: torch.Tensor, mode: InterpolationMode, what: str) -> torch.Tensor:
+    def apply(t: torch.Tensor, mode: InterpolationMode, what: str, grid_ok: bool = False) -> torch.Tensor:
+        if t.shape[-2:] != size and grid_ok and grid_fn is not None:
+            return grid_fn(t)
         if t.shape[-2:] != size:
             raise DataError(
                 f"{what} is {tuple(t.shape[-2:])} but the image is {tuple(size)}; every dense map must "
@@ -68,7 +79,7 @@ def _map_dense(sample: dict, fn: Callable[[torch.Tensor, InterpolationMode], tor
     if "teacher" in sample:
         out["teacher"] = {
             name: {
-                task: apply(t, interpolation_for("teacher", task), f"teacher map '{name}/{task}'")
+                task: apply(t, interpolation_for("teacher", task), f"teacher map '{name}/{task}'", grid_ok=True)
                 for task, t in maps.items()
             }
             for name, maps in sample["teacher"].items()
@@ -104,14 +115,26 @@ def _resize(sample: dict, size: tuple[int, int]) -> dict:
     def resize(t: torch.Tensor, mode: InterpolationMode) -> torch.Tensor:
         return F.resize(t, [h, w], interpolation=mode, antialias=smooth and mode == InterpolationMode.BILINEAR)
 
-    out = _map_dense(sample, resize)
+    def resize_grid(t: torch.Tensor) -> torch.Tensor:  # the token grid follows the image size
+        gh, gw = max(1, round(t.shape[-2] * sy)), max(1, round(t.shape[-1] * sx))
+        return F.resize(t, [gh, gw], interpolation=InterpolationMode.BILINEAR, antialias=gh < t.shape[-2])
+
+    out = _map_dense(sample, resize, resize_grid)
     scale = torch.tensor([sx, sy, sx, sy])
     affine = torch.tensor([[sx, 0.0, 0.5 * sx - 0.5], [0.0, sy, 0.5 * sy - 0.5], [0.0, 0.0, 1.0]])
     return _map_geometry(out, lambda b: b * scale, lambda k: affine.to(k) @ k)
 
 
 def _crop(sample: dict, top: int, left: int, height: int, width: int) -> dict:
-    out = _map_dense(sample, lambda t, mode: F.crop(t, top, left, height, width))
+    h0, w0 = sample["image"].shape[-2:]
+
+    def crop_grid(t: torch.Tensor) -> torch.Tensor:  # the same window in grid cells, bilinearly sampled
+        gy, gx = t.shape[-2] / h0, t.shape[-1] / w0
+        box = torch.tensor([[0.0, left * gx, top * gy, (left + width) * gx, (top + height) * gy]])
+        size = (max(1, round(height * gy)), max(1, round(width * gx)))
+        return roi_align(t[None].float(), box, size, spatial_scale=1.0, sampling_ratio=2, aligned=True)[0]
+
+    out = _map_dense(sample, lambda t, mode: F.crop(t, top, left, height, width), crop_grid)
     shift = torch.tensor([left, top, left, top], dtype=torch.float32)
     limit = torch.tensor([width, height, width, height], dtype=torch.float32)
     affine = torch.tensor([[1.0, 0.0, -left], [0.0, 1.0, -top], [0.0, 0.0, 1.0]])
@@ -122,7 +145,7 @@ def _crop(sample: dict, top: int, left: int, height: int, width: int) -> dict:
 
 def _hflip(sample: dict) -> dict:
     width = sample["image"].shape[-1]
-    out = _map_dense(sample, lambda t, mode: F.horizontal_flip(t))
+    out = _map_dense(sample, lambda t, mode: F.horizontal_flip(t), F.horizontal_flip)
 
     def flip_intrinsics(k: torch.Tensor) -> torch.Tensor:
         k = k.clone()

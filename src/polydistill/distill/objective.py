@@ -84,8 +84,8 @@ class Objective:
         teacher_outputs = teacher_outputs or {}
         for name, task in self.tasks.items():
             out = raw[name].float()
-            valid = batch["valid"][name]
-            if bool(valid.any()):
+            valid = batch["valid"].get(name)  # None: a task without labels (features)
+            if valid is not None and bool(valid.any()):
                 table[(name, GT)] = LossTerm(task.supervised_loss(out, batch["targets"][name]), valid)
             targets = {}
             for teacher in self.teachers_per_task.get(name, []):

@@ -149,6 +149,21 @@ def load_weights(model: nn.Module, directory: str | Path) -> None:
         )
 
 
+def load_matching_weights(model: nn.Module, directory: str | Path) -> dict[str, list[str]]:
+    """Initialise ``model`` from another run's weights: tensors with the same name and shape load, the rest
+    keep their fresh initialisation. Returns ``{"loaded", "fresh", "ignored"}`` key lists (for the log).
+    Nothing loads at all → an error (the checkpoint is for another architecture)."""
+    state = load_file(str(Path(directory) / MODEL_FILE))
+    own = model.state_dict()
+    loadable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+    if not loadable:
+        raise PolydistillError(f"train.init_from '{directory}' shares no tensor with this student (another "
+                               "backbone or neck width?); use a checkpoint of the same architecture")
+    model.load_state_dict(loadable, strict=False)
+    return {"loaded": sorted(loadable), "fresh": sorted(set(own) - set(loadable)),
+            "ignored": sorted(set(state) - set(loadable))}
+
+
 def load_training_state(directory: str | Path, optimizer: torch.optim.Optimizer | None) -> dict[str, Any]:
     """Restore optimizer and RNG state; return the JSON state (step, epoch, scheduler, ...)."""
     directory = Path(directory)

@@ -183,8 +183,8 @@ class Trainer:
         """Δm (primary metrics) relative to the first validation: only used to pick the best step."""
         if self.selection_baseline is None:
             self.selection_baseline = metrics
-        directions = {t: type(task).metric_directions for t, task in self.tasks.items()}
-        primary = {t: type(task).primary_metric for t, task in self.tasks.items()}
+        directions = {t: type(task).metric_directions for t, task in self.tasks.items() if task.has_labels}
+        primary = {t: type(task).primary_metric for t, task in self.tasks.items() if task.has_labels}
         return delta_m(metrics, self.selection_baseline, directions, convention="primary", primary=primary)
 
     # ------------------------------------------------------------------------------------- training

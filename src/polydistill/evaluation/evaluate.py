@@ -26,8 +26,9 @@ def student_predictor(model: torch.nn.Module, tasks: dict[str, Task]) -> Predict
 @torch.no_grad()
 def evaluate(predict: Predictor, tasks: dict[str, Task], dataset: Dataset, *, batch_size: int = 32,
              device: torch.device | str = "cpu", num_workers: int = 0) -> dict[str, dict[str, float]]:
-    """``{task: {metric: value}}`` over the images of ``dataset`` that carry that task's label."""
-    metrics = {name: task.new_metric() for name, task in tasks.items()}
+    """``{task: {metric: value}}`` over the images of ``dataset`` that carry that task's label (tasks without
+    labels, such as features, have no metrics and are left out)."""
+    metrics = {name: task.new_metric() for name, task in tasks.items() if task.has_labels}
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate, num_workers=num_workers)
     for batch in loader:
         batch = move_batch(batch, device)

@@ -18,12 +18,19 @@ from .evaluate import evaluate, student_predictor
 from .speed import count_parameters, measure_latency
 
 
-def load_student(path: str | Path):
-    """(model in eval mode, tasks, spec) from a checkpoint or run directory."""
+def load_student(path: str | Path, *, inference: bool = True):
+    """(model in eval mode, tasks, spec) from a checkpoint or run directory.
+
+    ``inference=True`` drops the training-only parts (feature projectors) and their tasks: what a deployed
+    student computes. ``False`` keeps the model exactly as trained.
+    """
     ckpt = find_checkpoint(path)
     spec = load_spec(ckpt)
     model, tasks = build_student(spec)
     load_weights(model, ckpt)
+    if inference:
+        model = model.inference_model()
+        tasks = {n: t for n, t in tasks.items() if n in model.task_names}
     return model.eval(), tasks, spec
 
 

@@ -6,6 +6,7 @@ plain tensors (one per task) — no teacher, no config object needed at inferenc
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import timm
@@ -17,6 +18,7 @@ from ..errors import ConfigError
 from ..registry import did_you_mean
 from ..tasks import Task, build_task
 from .fpn import FPN
+from .sak import AdapterPath, MoRRouter
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -35,34 +37,84 @@ def create_backbone(name: str, pretrained: bool = False) -> nn.Module:
     return timm.create_model(name, pretrained=pretrained, features_only=True, out_indices=indices)
 
 
+LAYOUTS = ("plain", "sak")
+
+
 class Student(nn.Module):
-    """Shared encoder and neck, one light head per task; ``forward`` returns raw outputs per task."""
+    """Shared encoder and neck, one light head per task; ``forward`` returns raw outputs per task.
+
+    ``layout="plain"``: every head reads the one fused neck map. ``layout="sak"``: one adapter path per
+    ``features`` task beside the backbone and a router per dense task mixing the stem and the paths
+    (:mod:`.sak`). Dense outputs are upsampled to the input size; features maps keep their token grid.
+    """
 
     def __init__(self, tasks: dict[str, Task], backbone: str = "mobilenetv3_small_100",
-                 neck_channels: int = 64, head_channels: int | None = None, pretrained: bool = False):
+                 neck_channels: int = 64, head_channels: int | None = None, pretrained: bool = False,
+                 layout: str = "plain", adapter_ratio: int = 4):
         super().__init__()
+        if layout not in LAYOUTS:
+            raise ConfigError(f"unknown student layout '{layout}'{did_you_mean(layout, LAYOUTS)}")
         self.task_names = list(tasks)
+        self.feature_tasks = [n for n, t in tasks.items() if not t.dense_output]
+        self.dense_tasks = [n for n, t in tasks.items() if t.dense_output]
+        self.layout = layout
         self.backbone = create_backbone(backbone, pretrained)
-        self.neck = FPN(self.backbone.feature_info.channels(), neck_channels)
-        self.heads = nn.ModuleDict({n: t.build_head(neck_channels, head_channels) for n, t in tasks.items()})
+        channels = self.backbone.feature_info.channels()
+        stride = self.backbone.feature_info.reduction()[0]
+        self.neck = FPN(channels, neck_channels)
+        self.heads = nn.ModuleDict(
+            {n: t.build_head(neck_channels, head_channels, input_stride=stride) for n, t in tasks.items()}
+        )
+        if layout == "sak":
+            if not self.feature_tasks:
+                raise ConfigError("student layout 'sak' needs at least one features task (one adapter path per "
+                                  "teacher representation); add e.g. tasks: {dino: {type: features}}")
+            self.paths = nn.ModuleDict({n: AdapterPath(channels, adapter_ratio) for n in self.feature_tasks})
+            experts = 1 + len(self.feature_tasks)
+            self.routers = nn.ModuleDict(
+                {n: nn.ModuleList(MoRRouter(c, experts) for c in channels) for n in self.dense_tasks}
+            )
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
 
     def forward(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
         x = (image - self.mean) / self.std
-        fused = self.neck(self.backbone(x))
+        feats = self.backbone(x)
         size = image.shape[-2:]
-        return {
-            name: F.interpolate(head(fused), size=size, mode="bilinear", align_corners=False)
-            for name, head in self.heads.items()
-        }
+        out: dict[str, torch.Tensor] = {}
+        if self.layout == "plain":
+            fused = self.neck(feats)
+            inputs = {name: fused for name in self.heads}
+        else:
+            paths = {name: path(feats) for name, path in self.paths.items()}
+            inputs = {name: self.neck(paths[name]) for name in self.feature_tasks if name in self.heads}
+            for name in self.dense_tasks:
+                mixed = [router(f, [f, *(p[level] for p in paths.values())])
+                         for level, (router, f) in enumerate(zip(self.routers[name], feats))]
+                inputs[name] = self.neck(mixed)
+        for name, head in self.heads.items():
+            y = head(inputs[name])
+            if name in self.dense_tasks:
+                y = F.interpolate(y, size=size, mode="bilinear", align_corners=False)
+            out[name] = y
+        return out
+
+    def inference_model(self) -> Student:
+        """A copy without the training-only parts (feature projectors and their teacher norms), for export
+        and deployment: it returns the dense tasks only. SAK's adapter paths stay (the routers mix them)."""
+        model = copy.deepcopy(self)
+        for name in self.feature_tasks:
+            del model.heads[name]
+        model.task_names = list(self.dense_tasks)
+        return model
 
 
 def build_student(spec: dict[str, Any]) -> tuple[Student, dict[str, Task]]:
     """Build a student from a *model spec* (the part of a config that defines the architecture).
 
     ``spec = {"tasks": {name: options}, "backbone": ..., "neck_channels": ..., "head_channels": ...,
-    "pretrained": ...}``; the same spec is stored next to every checkpoint so it can be rebuilt.
+    "pretrained": ..., "layout": ..., "adapter_ratio": ...}``; the same spec is stored next to every
+    checkpoint so it can be rebuilt.
     """
     tasks = {name: build_task(name, **opts) for name, opts in spec["tasks"].items()}
     model = Student(
@@ -71,5 +123,7 @@ def build_student(spec: dict[str, Any]) -> tuple[Student, dict[str, Task]]:
         neck_channels=spec.get("neck_channels", 64),
         head_channels=spec.get("head_channels"),
         pretrained=spec.get("pretrained", False),
+        layout=spec.get("layout", "plain"),
+        adapter_ratio=spec.get("adapter_ratio", 4),
     )
     return model, tasks

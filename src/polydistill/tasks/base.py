@@ -47,20 +47,26 @@ class Metric(ABC):
 class Task(ABC):
     """One kind of dense prediction: head, losses, metrics, visualiser."""
 
-    name: ClassVar[str]
     #: metric name -> True when higher is better
     metric_directions: ClassVar[dict[str, bool]]
     #: the metric used for model selection, retention and the headline numbers
     primary_metric: ClassVar[str]
     #: whether targets are class labels (nearest-neighbour resampling) or continuous values
     target_is_label: ClassVar[bool]
+    #: whether datasets carry labels for the task (a features task learns from teachers only)
+    has_labels: ClassVar[bool] = True
+    #: whether the head's output is upsampled to the input size (a features map keeps its token grid)
+    dense_output: ClassVar[bool] = True
+    #: the instance's name in the config (``tasks: {dino: {type: features}}`` names a features task 'dino')
+    name: str
 
     @property
     @abstractmethod
     def out_channels(self) -> int: ...
 
-    def build_head(self, in_channels: int, hidden: int | None = None) -> nn.Module:
-        """A light conv head on the neck's finest level; the student upsamples to input size."""
+    def build_head(self, in_channels: int, hidden: int | None = None, input_stride: int = 4) -> nn.Module:
+        """A light conv head on the neck's finest level (``input_stride`` pixels per cell); the student
+        upsamples its output to the input size."""
         hidden = hidden or in_channels
         return nn.Sequential(
             nn.Conv2d(in_channels, hidden, 3, padding=1, bias=False),

@@ -115,10 +115,10 @@ class DepthTask(Task):
             raise ConfigError(f"depth init_depth must be > 0 metres, got {init_depth}")
         self.init_depth = float(init_depth)
 
-    def build_head(self, in_channels: int, hidden: int | None = None) -> nn.Module:
+    def build_head(self, in_channels: int, hidden: int | None = None, input_stride: int = 4) -> nn.Module:
         """The shared head design, starting from a typical depth: log-depth 0 would mean 1 m everywhere,
         and the first hundreds of steps would be spent moving the whole map to the scene's scale."""
-        head = super().build_head(in_channels, hidden)
+        head = super().build_head(in_channels, hidden, input_stride)
         nn.init.constant_(head[-1].bias, math.log(self.init_depth))
         return head
 

@@ -14,9 +14,25 @@ from .onnx import OnnxTeacher
 from .torchvision_models import TorchvisionTeacher
 
 TEACHER_SOURCES: Registry[Callable[..., Teacher]] = Registry("teacher source")
+
+
+def _hf_teacher(**kwargs) -> Teacher:
+    """Depth / segmentation models, or feature encoders (DINOv2, CLIP, SAM), by the model's config."""
+    from .huggingface import build_hf_teacher
+
+    return build_hf_teacher(**kwargs)
+
+
+def _timm_teacher(**kwargs) -> Teacher:
+    from .timm_models import TimmTeacher
+
+    return TimmTeacher(**kwargs)
+
+
 TEACHER_SOURCES.register("checkpoint")(CheckpointTeacher)
-TEACHER_SOURCES.register("hf")(HuggingFaceTeacher)
+TEACHER_SOURCES.register("hf")(_hf_teacher)
 TEACHER_SOURCES.register("onnx")(OnnxTeacher)
+TEACHER_SOURCES.register("timm")(_timm_teacher)
 TEACHER_SOURCES.register("torchvision")(TorchvisionTeacher)
 
 __all__ = [
@@ -32,7 +48,9 @@ def build_teacher(cfg: TeacherConfig, student_classes: list[str] | None = None) 
     if cfg.source != "checkpoint":
         kwargs.update(depth_convention=cfg.depth_convention, class_map=cfg.class_map,
                       student_classes=student_classes, trust_remote_code=cfg.trust_remote_code, options=cfg.options)
-    elif cfg.class_map or cfg.depth_convention not in (None, "metric") or cfg.options:
+    elif cfg.class_map or cfg.depth_convention not in (None, "metric"):
         raise ConfigError(f"teacher '{cfg.name}': a polydistill checkpoint already predicts the student's classes "
-                          "in metres; remove class_map, depth_convention and options")
+                          "in metres; remove class_map and depth_convention")
+    else:
+        kwargs["options"] = cfg.options
     return factory(**kwargs)

@@ -46,7 +46,7 @@ class Teacher(nn.Module, ABC):
     """
 
     def __init__(self, name: str, tasks: tuple[str, ...], *, depth_convention: str = "metric",
-                 class_map=None):
+                 class_map=None, feature_channels: dict[str, int] | None = None):
         super().__init__()
         if depth_convention not in DEPTH_CONVENTIONS:
             raise ValueError(f"teacher '{name}': depth_convention must be one of {DEPTH_CONVENTIONS}, "
@@ -55,9 +55,13 @@ class Teacher(nn.Module, ABC):
         self.tasks = tuple(tasks)
         self.depth_convention = depth_convention
         self.class_map = class_map
+        #: features tasks this teacher teaches -> channels of its feature map (kept at the teacher's own grid)
+        self.feature_channels = dict(feature_channels or {})
 
     def output_kind(self, task: str) -> str:
         """How the objective must compare the student with this teacher's output for ``task``."""
+        if task in self.feature_channels:
+            return "features"
         return self.depth_convention if task == "depth" else "default"
 
     def freeze(self) -> Teacher:
@@ -80,7 +84,10 @@ class Teacher(nn.Module, ABC):
     def recipe(self) -> dict[str, Any]:
         """Everything besides the weights that changes the outputs (preprocessing, conventions, class map)."""
         cmap = None if self.class_map is None else self.class_map.matrix.tolist()
-        return {"tasks": list(self.tasks), "depth_convention": self.depth_convention, "class_map": cmap}
+        recipe = {"tasks": list(self.tasks), "depth_convention": self.depth_convention, "class_map": cmap}
+        if self.feature_channels:
+            recipe["feature_channels"] = self.feature_channels
+        return recipe
 
     def fingerprint(self) -> str:
         """Identifies weights *and* recipe, so cached outputs are invalidated when either changes."""
@@ -93,12 +100,22 @@ class Teacher(nn.Module, ABC):
 
     @torch.no_grad()
     def predict(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
-        """``images``: ``(B, 3, H, W)`` RGB in ``[0, 1]`` → ``{task: task-space output}``."""
+        """``images``: ``(B, 3, H, W)`` RGB in ``[0, 1]`` → ``{task: task-space output}``.
+
+        Feature maps ``(B, C, h, w)`` keep the teacher's own token grid (the features task aligns the
+        student to it); every other map is resized to the input size.
+        """
         out = self._predict(images)
         size = images.shape[-2:]
         result = {}
         for t in self.tasks:
             value = out[t].float()
+            if t in self.feature_channels:
+                if value.dim() != 4 or value.shape[1] != self.feature_channels[t]:
+                    raise RuntimeError(f"teacher '{self.name}' returned features of shape {tuple(value.shape)} for "
+                                       f"'{t}'; expected (B, {self.feature_channels[t]}, h, w)")
+                result[t] = value
+                continue
             if value.dim() == 3:
                 value = value[:, None]
             if value.shape[-2:] != size:

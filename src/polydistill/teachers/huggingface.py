@@ -1,4 +1,9 @@
-"""``hf:`` teachers: depth and semantic-segmentation models from the Hugging Face hub through ``transformers``.
+"""``hf:`` teachers: depth, semantic-segmentation and feature-encoder models from the Hugging Face hub.
+
+:func:`build_hf_teacher` (the ``hf`` source) reads the model's config and picks the adapter: vision encoders
+(DINOv2 with or without registers, CLIP, SigLIP, SAM's image encoder) become a
+:class:`~polydistill.teachers.hf_features.HuggingFaceFeatureTeacher` for a features task (see that module);
+everything else a :class:`HuggingFaceTeacher`, described here.
 
 Supported (tested on tiny random-weight models built from a config and saved to a folder, the same
 ``from_pretrained`` path a user with internet takes):
@@ -64,7 +69,25 @@ def load_pretrained(loader: Any, path: str, name: str, **kwargs: Any) -> Any:
         ) from None
 
 
+def build_hf_teacher(**kwargs: Any) -> Teacher:
+    """The ``hf`` source: a feature teacher for vision encoders, else a depth / segmentation teacher."""
+    import transformers
+
+    from .hf_features import FEATURE_MODEL_TYPES, HuggingFaceFeatureTeacher
+
+    options = kwargs.get("options") or {}
+    load_kwargs = {"trust_remote_code": kwargs.get("trust_remote_code", False)}
+    if isinstance(options, dict) and options.get("revision"):
+        load_kwargs["revision"] = options["revision"]
+    config = load_pretrained(transformers.AutoConfig, kwargs["path"], kwargs["name"], **load_kwargs)
+    if config.model_type in FEATURE_MODEL_TYPES:
+        return HuggingFaceFeatureTeacher(**kwargs)
+    return HuggingFaceTeacher(**kwargs)
+
+
 class HuggingFaceTeacher(Teacher):
+    """Depth (``(B, 1, H, W)``) or segmentation logits (``(B, C, H, W)``) of a hub model; see the module."""
+
     def __init__(self, name: str, path: str, tasks: list[str] | None = None, *, depth_convention: str | None = None,
                  class_map: str | None = None, student_classes: list[str] | None = None,
                  trust_remote_code: bool = False, options: dict[str, Any] | None = None):
@@ -117,10 +140,12 @@ class HuggingFaceTeacher(Teacher):
             return "semseg"
         if config.model_type == "dpt":
             return "semseg" if "SemanticSegmentation" in architectures else "depth"
+        from .hf_features import FEATURE_MODEL_TYPES
+
         raise ConfigError(
             f"teacher '{name}': '{path}' is a {config.model_type} model ({architectures or 'no architecture'}); "
-            "hf teachers cover depth estimation and semantic segmentation (feature teachers come with the "
-            "features task)"
+            "hf teachers cover depth estimation, semantic segmentation and, for a features task, the feature "
+            f"encoders {', '.join(FEATURE_MODEL_TYPES)}"
         )
 
     @staticmethod

@@ -44,7 +44,8 @@ class FeedbackWeighting(TeacherWeighting):
 
     def setup(self, tasks, teachers_per_task) -> None:
         super().setup(tasks, teachers_per_task)
-        self.units = [(t, k) for t in tasks for k in teachers_per_task.get(t, [])]
+        # tasks without labels (features) have no validation score: their teachers keep weight 1
+        self.units = [(t, k) for t in tasks if type(tasks[t]).has_labels for k in teachers_per_task.get(t, [])]
         self.register_buffer("omega", torch.ones(len(self.units)))
         self.teacher_scores: dict[tuple[str, str], float] = {}
         self.history: list[dict[str, Any]] = []
@@ -66,7 +67,8 @@ class FeedbackWeighting(TeacherWeighting):
             self.teacher_scores[(task, teacher)] = float(score)
 
     def sample_weights(self, task: str, terms: dict[str, LossTerm], ctx: StepContext):
-        return {k: self.omega[self.units.index((task, k))].expand_as(t.per_sample).to(t.per_sample.device)
+        return {k: (self.omega[self.units.index((task, k))].to(t.per_sample.device) if (task, k) in self.units
+                    else torch.ones((), device=t.per_sample.device)).expand_as(t.per_sample)
                 for k, t in terms.items()}, None
 
     def feedback(self, metrics: dict[str, dict[str, float]], step: int) -> dict[str, Any] | None:
