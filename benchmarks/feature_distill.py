@@ -13,7 +13,7 @@ with the same budget (the demo's ``student_steps`` optimizer steps, same batch, 
 * ``sak`` — the SAK layout: an adapter path per feature teacher beside the backbone and a router per task.
   Stage 1 distils only the two feature maps for ``--stage1`` of the budget (default 1/3) on the pool;
   stage 2 starts from stage 1's weights and trains everything (tasks, output teachers, continued feature
-  distillation) for the rest of the budget.
+  distillation) for the rest of the budget. ``--stage1 0`` trains the SAK layout in one stage instead.
 
 For every student: test metrics on the held-out test split (checkpoint chosen on validation), Δm (%,
 primary metrics, vs. the reference teachers, positive = better), the deployed model's parameters and
@@ -94,7 +94,9 @@ def configs(variant: str, preset: Preset, splits: dict[str, Path], teacher_runs:
         return [("run", base)]
     cfg = with_feature_teachers(base)
     cfg["tasks"] = {**cfg["tasks"], **feature_tasks(projector, norm)}
-    if variant == "dune":
+    if variant == "dune" or (variant == "sak" and stage1 <= 0):
+        if variant == "sak":
+            cfg["student"] = {**cfg["student"], "layout": "sak"}
         return [("run", cfg)]
     steps1 = max(1, round(preset.student_steps * stage1))
     first = with_feature_teachers(base, feature_only=True)

@@ -257,3 +257,19 @@ def test_feature_config_errors(tiny_data, teacher_runs, tmp_path):
     typo["tasks"]["feat"] = {"type": "featurse"}
     with pytest.raises(ConfigError, match="did you mean 'features'"):
         check_names(load_config(base=typo))
+
+
+@pytest.mark.parametrize("teacher_weighting,task_weighting", [("rl", "dwa"), ("confidence", "uncertainty"),
+                                                              ("dropout", "gradnorm"), ("feedback", "equal")])
+def test_every_strategy_accepts_feature_teachers(tiny_data, teacher_runs, tmp_path, teacher_weighting,
+                                                 task_weighting):
+    """Feature terms join the loss table like any teacher term; label-based statistics skip them."""
+    cfg = tiny_config(tiny_data["train"], tiny_data["val"], max_steps=4, val_every=2)
+    cfg["tasks"]["seg_feat"] = {"type": "features", "grid_stride": 8}
+    cfg["teachers"] = feature_teachers(teacher_runs)[:1]
+    cfg["distill"] = {"teacher_weighting": teacher_weighting, "task_weighting": task_weighting,
+                      "trajectory": {"always": True}}
+    train_run(load_config(base=cfg), tmp_path / "run")
+    row = read_steps(tmp_path / "run" / "steps.csv")[-1]
+    assert np.isfinite(row["loss/seg_feat/seg_teacher"]) and np.isfinite(row["loss"])
+    assert "loss/seg_feat/trajectory" not in row  # the trajectory guards scored tasks only

@@ -16,6 +16,7 @@ from transformers.models.mask2former import modeling_mask2former
 from polydistill.config import TeacherConfig
 from polydistill.errors import ConfigError
 from polydistill.teachers import HuggingFaceTeacher, build_teacher
+from tests.distill_check import assert_distills
 
 LABELS = ("wall", "floor", "ceiling", "person", "rug")
 IMAGES = (2, 3, 32, 48)
@@ -37,6 +38,7 @@ def check_depth(teacher, convention: str) -> torch.Tensor:
     assert teacher.tasks == ("depth",) and teacher.depth_convention == convention
     depth = teacher.predict(torch.rand(*IMAGES))["depth"]
     assert depth.shape == (2, 1, 32, 48) and torch.isfinite(depth).all()
+    assert_distills(teacher)
     return depth
 
 
@@ -44,6 +46,7 @@ def check_semseg(teacher, channels: int) -> torch.Tensor:
     assert teacher.tasks == ("semseg",)
     logits = teacher.predict(torch.rand(*IMAGES))["semseg"]
     assert logits.shape == (2, channels, 32, 48) and torch.isfinite(logits).all()
+    assert_distills(teacher)
     return logits
 
 

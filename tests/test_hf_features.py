@@ -17,6 +17,7 @@ from polydistill.errors import ConfigError
 from polydistill.teachers import build_teacher
 from polydistill.teachers.hf_features import HuggingFaceFeatureTeacher
 from polydistill.teachers.huggingface import HuggingFaceTeacher
+from tests.distill_check import assert_distills
 
 IMAGES = (2, 3, 40, 56)  # non-square; patch 8 -> a 5x7 grid
 VIT = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, image_size=32,
@@ -96,6 +97,7 @@ def test_dinov2_patch_tokens(tmp_path):
     tokens = model.eval()(pixel_values=teacher.preprocess(images)).last_hidden_state  # CLS first
     assert torch.allclose(feat, tokens[:, 1:].transpose(1, 2).reshape(2, 32, 5, 7), atol=1e-5)
     assert torch.allclose(teacher.mean.flatten(), torch.tensor([0.485, 0.456, 0.406]))
+    assert_distills(teacher)
 
 
 def test_dinov2_registers_are_dropped(tmp_path):
@@ -107,6 +109,7 @@ def test_dinov2_registers_are_dropped(tmp_path):
     tokens = model.eval()(pixel_values=teacher.preprocess(images)).last_hidden_state
     assert tokens.shape[1] == 1 + 4 + 35
     assert torch.allclose(feat, tokens[:, 5:].transpose(1, 2).reshape(2, 32, 5, 7), atol=1e-5)
+    assert_distills(teacher)
 
 
 def test_grid_stride_aligns_a_patch_14_teacher_with_a_patch_16_student(tmp_path):
@@ -151,6 +154,7 @@ def test_clip_model_folder_loads_its_vision_tower(tmp_path):
                                       interpolate_pos_encoding=True).last_hidden_state
     assert torch.allclose(feat, tokens[:, 1:].transpose(1, 2).reshape(2, 32, 5, 7), atol=1e-5)
     check(teacher, 32, (4, 4), torch.rand(1, 3, 32, 32))  # the native size: no interpolation
+    assert_distills(teacher)
 
 
 def test_clip_vision_model_without_processor_uses_openai_statistics(tmp_path):
@@ -168,6 +172,7 @@ def test_siglip_has_no_cls_token(tmp_path):
     teacher = load(tmp_path / "siglip")
     assert teacher.prefix_tokens == 0 and isinstance(teacher.model, transformers.SiglipVisionModel)
     check(teacher, 32, (5, 7))
+    assert_distills(teacher)
 
 
 # ------------------------------------------------------------------------------------------------- SAM
@@ -185,6 +190,7 @@ def test_sam_image_encoder_crops_the_padding(tmp_path):
     assert x.shape == (2, 3, 64, 64) and (x[:, :, 46:] == 0).all()
     full = sam.eval().get_image_embeddings(x)
     assert full.shape == (2, 16, 8, 8) and torch.allclose(feat, full[:, :, :6], atol=1e-5)
+    assert_distills(teacher)
     blocks = load(tmp_path / "sam", options={"layer": -1})  # before the neck: the encoder's hidden size
     check(blocks, 32, (6, 8))
     with pytest.raises(ConfigError, match="input_size and grid_stride"):

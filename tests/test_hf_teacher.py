@@ -14,6 +14,7 @@ from polydistill.errors import ConfigError
 from polydistill.run import train_run
 from polydistill.teachers import HuggingFaceTeacher, build_teacher
 from tests.conftest import tiny_config
+from tests.distill_check import assert_distills
 
 DINO = dict(hidden_size=32, num_hidden_layers=4, num_attention_heads=2, intermediate_size=64, patch_size=7,
             image_size=56, out_features=["stage1", "stage2", "stage3", "stage4"], reshape_hidden_states=False,
@@ -51,6 +52,7 @@ def test_depth_anything_teacher_loads_like_a_hub_model(tmp_path):
     assert out["depth"].shape == (2, 1, 32, 48) and torch.isfinite(out["depth"]).all()
     assert teacher.model_input_size(32, 48) == (56, 84)  # aspect kept, multiples of the patch size 7
     assert all(not p.requires_grad for p in teacher.parameters()) and not teacher.model.training
+    assert_distills(teacher)
 
 
 def test_metric_depth_anything_is_metric(tmp_path):
@@ -70,6 +72,7 @@ def test_segformer_teacher_with_a_class_map(tmp_path):
     assert out.shape == (2, 4, 32, 48)  # 3 student classes + the unmapped mass ("person")
     assert torch.allclose(out.exp().sum(1), torch.ones(2, 32, 48), atol=1e-4)
     assert teacher.class_map.unmapped == ["person"]
+    assert_distills(teacher, num_classes=3)  # the student's 3 classes from 3 + 1 mapped channels
     with pytest.raises(ConfigError, match="class_map"):
         build_teacher(TeacherConfig(name="seg", path=f"hf:{tmp_path / 'seg'}"), ["floor", "wall", "box"])
     cmap.write_text("map:\n  floor: [flor]\n")

@@ -15,6 +15,7 @@ pytest.importorskip("onnxruntime")
 
 from polydistill.errors import ConfigError  # noqa: E402
 from polydistill.teachers.onnx import OnnxTeacher  # noqa: E402
+from tests.distill_check import assert_distills  # noqa: E402
 
 DYNAMIC = {0: "b", 2: "h", 3: "w"}
 
@@ -65,6 +66,7 @@ def test_predicts_the_torch_models_values(exported):
     assert teacher.freeze() is teacher and teacher.to("cpu") is teacher
     clone = copy.deepcopy(teacher)  # the session is rebuilt from the file
     torch.testing.assert_close(clone.predict(images)["depth"], out["depth"])
+    assert_distills(teacher)
 
 
 def test_outputs_option_and_tasks(exported):

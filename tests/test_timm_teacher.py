@@ -13,6 +13,7 @@ from polydistill.config import TeacherConfig
 from polydistill.errors import ConfigError
 from polydistill.teachers import build_teacher
 from polydistill.teachers.timm_models import TimmTeacher
+from tests.distill_check import assert_distills
 
 RANDOM = {"pretrained": False}
 # DINOv2 with 4 registers, shrunk to one narrow block: patch 14, 1 class + 4 register prefix tokens
@@ -49,6 +50,7 @@ def test_vit_features_keep_the_token_grid_of_a_non_square_input():
         expected = teacher.model.forward_intermediates((images - 0.5) / 0.5, indices=[-1], norm=True,
                                                        intermediates_only=True)[0]
     torch.testing.assert_close(out["feat"], expected)
+    assert_distills(teacher)
 
 
 def test_prefix_tokens_are_dropped_and_the_rest_is_the_patch_grid():
@@ -83,6 +85,7 @@ def test_cnn_layers_and_modules():
     assert stage3.feature_channels == {"feat": 192} and stage3.stride == (16, 16)
     module = _teacher("test_resnet", **RANDOM, module="layer3")
     assert module.predict(torch.rand(2, 3, 64, 96))["feat"].shape == (2, 192, 4, 6)
+    assert_distills(resnet, size=(64, 96))
     with pytest.raises(ConfigError, match="out of range.*5 feature levels"):
         _teacher("test_resnet", **RANDOM, layer=7)
 

@@ -11,6 +11,7 @@ from safetensors.torch import save_file
 
 from polydistill.errors import ConfigError
 from polydistill.teachers.torchvision_models import IMAGENET_MEAN, IMAGENET_STD, TorchvisionTeacher
+from tests.distill_check import assert_distills
 
 MODEL = "lraspp_mobilenet_v3_large"  # the smallest segmentation model
 RANDOM = {"weights": "none", "num_classes": 3}
@@ -31,6 +32,7 @@ def test_random_teacher_is_frozen_and_answers_at_input_size():
     out = teacher.predict(torch.rand(2, 3, 64, 48))
     assert set(out) == {"semseg"} and out["semseg"].shape == (2, 3, 64, 48)
     assert not out["semseg"].requires_grad and bool(torch.isfinite(out["semseg"]).all())
+    assert_distills(teacher)
 
 
 def test_weights_file_loads_strictly_and_matches_the_module(tmp_path):

@@ -285,10 +285,16 @@ class SemsegMetric(Metric):
         self.confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64)
 
     def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
-        """``pred`` is logits ``(B, C, H, W)`` or ids ``(B, H, W)``; ``target`` ids ``(B, H, W)``."""
+        """``pred`` is logits ``(B, C, H, W)`` or ids ``(B, H, W)``; ``target`` ids ``(B, H, W)``.
+
+        A class-mapped teacher's ``C + 1`` log-probabilities (the last channel: mass of classes mapped to
+        nothing) are scored by its best *student* class, so it is judged on what it can teach.
+        """
         pred = pred.detach()
         target = _as_labels(target.detach())
         if pred.is_floating_point():
+            if pred.dim() == 4 and pred.shape[1] == self.num_classes + 1:
+                pred = pred[:, : self.num_classes]
             if pred.dim() != 4 or pred.shape[1] != self.num_classes:
                 raise ValueError(
                     f"semseg logits must be (B, {self.num_classes}, H, W), got {tuple(pred.shape)}"
