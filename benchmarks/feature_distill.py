@@ -13,7 +13,8 @@ with the same budget (the demo's ``student_steps`` optimizer steps, same batch, 
 * ``sak`` — the SAK layout: an adapter path per feature teacher beside the backbone and a router per task.
   Stage 1 distils only the two feature maps for ``--stage1`` of the budget (default 1/3) on the pool;
   stage 2 starts from stage 1's weights and trains everything (tasks, output teachers, continued feature
-  distillation) for the rest of the budget. ``--stage1 0`` trains the SAK layout in one stage instead.
+  distillation) for the rest of the budget;
+* ``sak_one_stage`` — the SAK layout trained in one stage like ``dune`` (what the two stages add).
 
 For every student: test metrics on the held-out test split (checkpoint chosen on validation), Δm (%,
 primary metrics, vs. the reference teachers, positive = better), the deployed model's parameters and
@@ -60,7 +61,7 @@ from polydistill.evaluation.speed import count_parameters, measure_latency
 from polydistill.run import train_run
 
 DATA_SEED = 0
-VARIANTS = ("plain", "dune", "sak")
+VARIANTS = ("plain", "dune", "sak", "sak_one_stage")
 #: feature task -> (teacher, module path inside it)
 FEATURE_TEACHERS = {"seg_feat": ("seg_teacher", "neck"), "depth_feat": ("depth_teacher", "neck")}
 GRID_STRIDE = 8
@@ -94,10 +95,10 @@ def configs(variant: str, preset: Preset, splits: dict[str, Path], teacher_runs:
         return [("run", base)]
     cfg = with_feature_teachers(base)
     cfg["tasks"] = {**cfg["tasks"], **feature_tasks(projector, norm)}
-    if variant == "dune" or (variant == "sak" and stage1 <= 0):
-        if variant == "sak":
-            cfg["student"] = {**cfg["student"], "layout": "sak"}
+    if variant == "dune":
         return [("run", cfg)]
+    if variant == "sak_one_stage":
+        return [("run", dict(cfg, student={**cfg["student"], "layout": "sak"}))]
     steps1 = max(1, round(preset.student_steps * stage1))
     first = with_feature_teachers(base, feature_only=True)
     first["tasks"] = feature_tasks(projector, norm)

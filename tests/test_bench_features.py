@@ -38,9 +38,8 @@ def test_variants_share_the_budget_and_validate(tmp_path):
     assert set(first["tasks"]) == {"seg_feat", "depth_feat"} and [t["name"] for t in first["teachers"]] == [
         "depth_teacher", "seg_teacher"]
     assert second["train"]["init_from"] == str(tmp_path / "sak" / "stage1") and second["student"]["layout"] == "sak"
-    single = bench.configs("sak", preset, splits, teachers, seed=1, out=tmp_path, projector="mlp",
-                           norm="standardize", stage1=0)
-    assert len(single) == 1 and single[0][1]["student"]["layout"] == "sak"
+    (_, single), = runs["sak_one_stage"]
+    assert single["student"]["layout"] == "sak" and single["tasks"] == dune["tasks"]
 
 
 def test_summary_and_markdown():

@@ -12,11 +12,12 @@ Adapted to a convolutional pyramid (the paper uses a ViT with an adapter after e
 * stem — the timm backbone (``features_only``), levels ``x_1 … x_L``;
 * path of teacher representation ``p`` — ``r_1 = A_1(x_1)``, ``r_l = A_l(x_l + T_l(r_{l−1}))``, with the
   bottleneck adapter ``A(z) = z + γ · W_up GELU(W_down z)`` (width C/4, γ initialised to 1) and ``T_l`` an
-  average pool to the next level's size plus a 1×1 convolution; the path's pyramid goes through the shared
+  average pool to the next level's size plus a 1×1 convolution; the path's pyramid goes through its own
   neck into the features task's projector (one path per ``features`` task, i.e. per teacher);
 * router of task τ at level l — ``x_l`` → 1×1 conv (C/2) → channel LayerNorm → GELU → 1×1 conv (2E) →
   mean over positions → clean logits and noise scales; in training the logits get noise
-  ``ε · (softplus(n) + 0.01)``; the softmax weights mix ``{x_l} ∪ {r_l^p}`` (E = 1 + paths).
+  ``ε · (softplus(n) + 0.01)``; the softmax weights mix ``{x_l} ∪ {r_l^p}`` (E = 1 + paths); each task's
+  mixed pyramid goes through the task's own neck and head (the paper's per-task decoders).
 
 Two-stage training as in the paper: stage 1 distils only the features tasks (paths and stem learn the
 teachers' representations); stage 2 adds the task heads and routers and continues distillation

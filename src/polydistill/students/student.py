@@ -45,7 +45,9 @@ class Student(nn.Module):
 
     ``layout="plain"``: every head reads the one fused neck map. ``layout="sak"``: one adapter path per
     ``features`` task beside the backbone and a router per dense task mixing the stem and the paths
-    (:mod:`.sak`). Dense outputs are upsampled to the input size; features maps keep their token grid.
+    (:mod:`.sak`), each path and each mixture through its own neck (a shared neck's batch-norm statistics
+    would average over inputs with different distributions and be wrong for all of them at inference).
+    Dense outputs are upsampled to the input size; features maps keep their token grid.
     """
 
     def __init__(self, tasks: dict[str, Task], backbone: str = "mobilenetv3_small_100",
@@ -61,7 +63,10 @@ class Student(nn.Module):
         self.backbone = create_backbone(backbone, pretrained)
         channels = self.backbone.feature_info.channels()
         stride = self.backbone.feature_info.reduction()[0]
-        self.neck = FPN(channels, neck_channels)
+        if layout == "plain":
+            self.neck = FPN(channels, neck_channels)
+        else:  # every path and every task mixture has its own distribution: one neck (and BN statistics) each
+            self.necks = nn.ModuleDict({n: FPN(channels, neck_channels) for n in tasks})
         self.heads = nn.ModuleDict(
             {n: t.build_head(neck_channels, head_channels, input_stride=stride) for n, t in tasks.items()}
         )
@@ -87,11 +92,11 @@ class Student(nn.Module):
             inputs = {name: fused for name in self.heads}
         else:
             paths = {name: path(feats) for name, path in self.paths.items()}
-            inputs = {name: self.neck(paths[name]) for name in self.feature_tasks if name in self.heads}
+            inputs = {name: self.necks[name](paths[name]) for name in self.feature_tasks if name in self.heads}
             for name in self.dense_tasks:
                 mixed = [router(f, [f, *(p[level] for p in paths.values())])
                          for level, (router, f) in enumerate(zip(self.routers[name], feats))]
-                inputs[name] = self.neck(mixed)
+                inputs[name] = self.necks[name](mixed)
         for name, head in self.heads.items():
             y = head(inputs[name])
             if name in self.dense_tasks:
@@ -105,6 +110,8 @@ class Student(nn.Module):
         model = copy.deepcopy(self)
         for name in self.feature_tasks:
             del model.heads[name]
+            if self.layout == "sak":
+                del model.necks[name]
         model.task_names = list(self.dense_tasks)
         return model
 
