@@ -60,24 +60,3 @@ def test_teacher_for_unknown_student_task_is_rejected(tiny_data, teacher_runs, t
     cfg["teachers"] = [{"name": "s", "path": str(teacher_runs["semseg"])}]
     with pytest.raises(ConfigError, match="does not learn"):
         train_run(load_config(base=cfg), tmp_path / "run")
-
-
-def test_teacher_output_cache_is_keyed_by_weights_and_data(tiny_data, teacher_runs, tmp_path):
-    from polydistill.data import FolderDataset
-    from polydistill.engine.teacher_targets import precompute_teacher_outputs
-
-    data = FolderDataset(tiny_data["val"], ("depth", "semseg"), image_size=(32, 48))
-    depth = CheckpointTeacher("t", teacher_runs["depth"])
-    first = precompute_teacher_outputs([depth], data, progress=False, cache_dir=tmp_path)
-    files = list(tmp_path.glob("*.safetensors"))
-    assert len(files) == 1
-    again = precompute_teacher_outputs([depth], data, progress=False, cache_dir=tmp_path)
-    torch.testing.assert_close(again.maps["t"]["depth"], first.maps["t"]["depth"])
-    assert len(list(tmp_path.glob("*.safetensors"))) == 1  # served from the cache
-    with torch.no_grad():  # a changed teacher gets its own entry, never the stale one
-        next(depth.parameters()).add_(1.0)
-    precompute_teacher_outputs([depth], data, progress=False, cache_dir=tmp_path)
-    assert len(list(tmp_path.glob("*.safetensors"))) == 2
-    other = FolderDataset(tiny_data["train"], ("depth",), image_size=(32, 48))
-    precompute_teacher_outputs([depth], other, progress=False, cache_dir=tmp_path)
-    assert len(list(tmp_path.glob("*.safetensors"))) == 3

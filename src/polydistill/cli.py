@@ -1,4 +1,4 @@
-"""The ``polydistill`` command line: demo, train, eval, predict, generate, config.
+"""The ``polydistill`` command line: demo, train, cache, eval, predict, generate, config, modules.
 
 Errors the user can fix are printed as one line (what, where, how to fix) with a non-zero exit code;
 anything else is a bug and keeps its traceback.
@@ -63,6 +63,34 @@ def demo(
         f"mIoU {st['semseg']['miou']:.4f}; Δm vs teachers {metrics['delta_m_vs_teachers']:+.2f} %; "
         f"{s['ratio']:.1f}× faster than the teachers together. Report: {out / 'report.md'}"
     )
+
+
+@app.command()
+@friendly_errors
+def cache(
+    config: Annotated[Path, typer.Argument(help="YAML config (its teachers and data.train)")],
+    overrides: Annotated[list[str] | None, typer.Argument(help="dotted overrides, e.g. distill.cache.encoding=int8")]
+    = None,
+    out: Annotated[Path | None, typer.Option(help="cache root (default: distill.teacher_cache)")] = None,
+    rebuild: Annotated[bool, typer.Option(help="delete and rebuild the cache even if it is valid")] = False,
+    auto_rebuild: Annotated[bool, typer.Option("--auto-rebuild/--no-rebuild",
+                                               help="rebuild a stale cache (default) or stop with an error")] = True,
+):
+    """Run the config's teachers once over its training images and store their outputs (train reuses them)."""
+    from .config import load_config
+    from .run import cache_teachers
+
+    cfg = load_config(config, overrides or [])
+    store = cache_teachers(cfg, out, rebuild=auto_rebuild, force=rebuild)
+    build = store.root / "build.json"
+    info = json.loads(build.read_text()) if build.is_file() else {}
+    n = len(store)
+    for (teacher, task), output in store.outputs.items():
+        console.print(f"{teacher}/{task}: {output.encoding.kind}, shape {list(output.shape)}, "
+                      f"{output.size_bytes / n / 1024:.1f} KiB per image", highlight=False)
+    built = f"; built in {info['total_s']:.1f} s ({info['total_s'] / n * 1000:.1f} ms per image)" if info else ""
+    console.print(f"[bold green]cache[/] {store.root}: {n} images, {store.size_bytes() / 2**20:.1f} MiB{built}",
+                  highlight=False)
 
 
 @app.command()

@@ -87,6 +87,18 @@ class TeacherConfig(StrictModel):
         return data
 
 
+class CacheConfig(StrictModel):
+    """How teacher outputs are stored (see polydistill.cache)."""
+
+    encoding: Literal["fp16", "int8"] = Field(
+        "fp16", description="features and logits: fp16, or int8 with per-shard, per-channel scales (depth: fp16)")
+    semseg_topk: int | None = Field(None, gt=0, description="keep only the k most likely classes per pixel")
+    rebuild: bool = Field(True, description="rebuild a cache made for other weights, preprocessing or images; "
+                          "false makes that an error")
+    verify: Literal["full", "size"] = Field(
+        "full", description="check every shard's checksum when a cache is opened, or only its size (faster)")
+
+
 class StrategyConfig(StrictModel):
     """A weighting strategy by registered name plus its hyperparameters (checked by the strategy)."""
 
@@ -134,11 +146,14 @@ class DistillConfig(StrictModel):
     teacher_weights: dict[str, float] = Field(default_factory=dict, description="per-teacher multiplier")
     trajectory: TrajectoryConfig | None = Field(None, description="knowledge trajectory against forgetting")
     precompute_teachers: bool = Field(
-        True, description="run teachers once on un-augmented images and augment their maps with the image"
+        True, description="run teachers once on un-augmented images (cached on disk) and augment their maps "
+        "with the image; false runs them on every augmented batch"
     )
     teacher_cache: str | None = Field(
-        None, description="folder keeping precomputed teacher maps between runs (keyed by weights and data)"
+        None, description="folder holding teacher-output caches between runs, one per training folder and teacher "
+        "set (default: RUN_DIR/teacher_cache)"
     )
+    cache: CacheConfig = CacheConfig()
 
     @field_validator("teacher_weighting", "task_weighting", mode="before")
     @classmethod

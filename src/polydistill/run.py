@@ -7,6 +7,7 @@ teacher checkpoints, task/teacher consistency) is checked before any expensive w
 from __future__ import annotations
 
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from typing import Any
 import torch
 from torch.utils.data import Dataset, Subset
 
+from .cache import TeacherCache, cache_slot, open_or_build_cache
 from .config import RunConfig, save_config
 from .data import FolderDataset, build_train_transform
 from .distill import Objective
@@ -21,7 +23,6 @@ from .distill.trajectory import KnowledgeTrajectory
 from .distill.weighting import TASK_WEIGHTINGS, TEACHER_WEIGHTINGS, build_weighting
 from .distill.weighting.base import parse_options
 from .engine.checkpoint import find_checkpoint, load_matching_weights
-from .engine.teacher_targets import precompute_teacher_outputs
 from .engine.trainer import FitResult, Trainer
 from .errors import ConfigError
 from .evaluation.evaluate import evaluate
@@ -128,6 +129,40 @@ def build_datasets(cfg: RunConfig) -> tuple[Dataset, FolderDataset, FolderDatase
     return train, plain, val
 
 
+def teacher_cache(cfg: RunConfig, teachers: list[Teacher], dataset: FolderDataset, run_dir: Path,
+                  rebuild: bool | None = None) -> TeacherCache:
+    """The teachers' outputs on the (un-augmented) training images, from the cache or computed into it."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    c = cfg.distill.cache
+    return open_or_build_cache(
+        teachers, dataset, cfg.distill.teacher_cache or run_dir / "teacher_cache", encoding=c.encoding,
+        semseg_topk=c.semseg_topk, rebuild=c.rebuild if rebuild is None else rebuild, verify=c.verify,
+        batch_size=cfg.data.batch_size * 2, num_workers=cfg.data.num_workers, device=device,
+        progress=cfg.train.progress, log=lambda msg: print(msg, flush=True) if cfg.train.progress else None,
+    )
+
+
+def cache_teachers(cfg: RunConfig, root: str | Path | None = None, *, rebuild: bool | None = None,
+                   force: bool = False) -> TeacherCache:
+    """``polydistill cache``: build (or check) the teacher-output cache ``train`` would use for ``cfg``."""
+    check_names(cfg)
+    if not cfg.teachers:
+        raise ConfigError("the config has no teachers: there is nothing to cache")
+    root = Path(root or cfg.distill.teacher_cache or "")
+    if not str(root) or str(root) == ".":
+        raise ConfigError("set distill.teacher_cache in the config or pass --out: where the cache should live")
+    _, plain, _ = build_datasets(cfg)
+    student_classes = None
+    if "semseg" in cfg.tasks:
+        student_classes = cfg.tasks["semseg"].get("class_names") or list(plain.class_names)
+    teachers = [build_teacher(t, student_classes) for t in cfg.teachers]
+    cfg = cfg.model_copy(deep=True)
+    cfg.distill.teacher_cache = str(root)
+    if force:
+        shutil.rmtree(root / cache_slot(teachers, plain), ignore_errors=True)
+    return teacher_cache(cfg, teachers, plain, root, rebuild=rebuild)
+
+
 def teacher_validation_metrics(teachers: list[Teacher], tasks: dict, val_set: Dataset | None,
                                cfg: RunConfig) -> dict[str, dict[str, dict[str, float]]]:
     """Every teacher's metrics on the validation split (strategies that compare the student with them)."""
@@ -183,11 +218,8 @@ def train_run(cfg: RunConfig, run_dir: str | Path, *, resume: bool = False,
 
     online: list[Teacher] = []
     if teachers and cfg.distill.precompute_teachers:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-        store = precompute_teacher_outputs(teachers, plain_train, batch_size=cfg.data.batch_size * 2,
-                                           device=device, progress=cfg.train.progress,
-                                           cache_dir=cfg.distill.teacher_cache)
-        train_set.attach_teacher_outputs(store, keep_grid=[n for n, t in tasks.items() if not t.dense_output])
+        cache = teacher_cache(cfg, teachers, plain_train, run_dir)
+        train_set.attach_teacher_outputs(cache, keep_grid=[n for n, t in tasks.items() if not t.dense_output])
     else:
         online = teachers
 

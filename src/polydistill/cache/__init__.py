@@ -6,6 +6,7 @@ with :meth:`TeacherCache.open` — a picklable ``(index) -> {teacher: {task: (C,
 :mod:`.encoding` for the ``fp16`` / ``int8`` / ``topk`` encodings and their error bounds.
 """
 
+from .build import build_cache, cache_fingerprint, cache_slot, encodings_for, open_or_build_cache
 from .encoding import Encoding, dequantize_int8, quantize_int8, topk_decode, topk_encode
 from .errors import CacheCorrupt, CacheError, CacheMismatch, CacheMissing
 from .format import DEFAULT_SHARD_SIZE, FORMAT_VERSION, MANIFEST_FILE
@@ -24,6 +25,11 @@ __all__ = [
     "CachedOutput",
     "Encoding",
     "TeacherCache",
+    "build_cache",
+    "cache_fingerprint",
+    "cache_slot",
+    "encodings_for",
+    "open_or_build_cache",
     "dequantize_int8",
     "quantize_int8",
     "topk_decode",

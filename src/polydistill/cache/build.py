@@ -1,0 +1,115 @@
+"""Run the teachers once over a training folder and keep their outputs in a cache (or reuse a valid one).
+
+A teacher forward costs about as much as the student's own training step, and the teachers never change,
+so by default they run once per (training folder, teacher set). The cache lives in
+``<distill.teacher_cache>/<slot>``: the slot names the folder and the teachers (so different teacher
+sets never evict each other); its manifest's fingerprint covers what makes the outputs what they are —
+each teacher's weights, preprocessing, conventions and class map (``Teacher.fingerprint``), the encodings,
+and the images as served (file list, sizes, modification times, resize). A cache whose fingerprint differs
+is rebuilt in place (or refused with ``rebuild=False``); a truncated or corrupted shard is an error that
+names the file, never a silent rebuild over a failing disk.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.progress import Progress
+from torch.utils.data import DataLoader
+
+from ..data import FolderDataset
+from ..data.collate import collate, move_batch
+from ..teachers import Teacher
+from .errors import CacheError, CacheMismatch, CacheMissing
+from .reader import TeacherCache
+from .writer import CacheWriter
+
+
+def encodings_for(teachers: list[Teacher], encoding: str = "fp16", semseg_topk: int | None = None
+                  ) -> dict[tuple[str, str], Any]:
+    """Depth stays fp16 (int8 steps over a 0.5–20 m range would be centimetres); segmentation logits may keep
+    their top k classes; features and logits follow ``encoding``."""
+    out: dict[tuple[str, str], Any] = {}
+    for teacher in teachers:
+        for task in teacher.tasks:
+            if task == "depth":
+                out[(teacher.name, task)] = "fp16"
+            elif task == "semseg" and semseg_topk:
+                out[(teacher.name, task)] = ("topk", int(semseg_topk))
+            else:
+                out[(teacher.name, task)] = encoding
+    return out
+
+
+def cache_fingerprint(teachers: list[Teacher], dataset: FolderDataset,
+                      encodings: dict[tuple[str, str], Any]) -> dict[str, Any]:
+    return {
+        "teachers": {t.name: {"fingerprint": t.fingerprint(), "tasks": list(t.tasks)} for t in teachers},
+        "data": {"images": dataset.fingerprint(), "count": len(dataset)},
+        "encodings": {f"{t}/{task}": enc if isinstance(enc, str) else list(enc)
+                      for (t, task), enc in encodings.items()},
+    }
+
+
+def cache_slot(teachers: list[Teacher], dataset: FolderDataset) -> str:
+    """The cache's folder name under ``teacher_cache``: which images and which teachers (not their weights)."""
+    key = json.dumps({"root": str(dataset.root.resolve()),
+                      "teachers": sorted((t.name, list(t.tasks), type(t).__name__) for t in teachers)})
+    return f"{dataset.root.name}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+
+
+@torch.no_grad()
+def build_cache(teachers: list[Teacher], dataset: FolderDataset, folder: Path, fingerprint: dict[str, Any],
+                encodings: dict[tuple[str, str], Any], *, batch_size: int = 32, num_workers: int = 0,
+                device: torch.device | str = "cpu", progress: bool = True) -> dict[str, float]:
+    """Run every teacher over ``dataset`` (un-augmented) into a new cache at ``folder``; returns timings."""
+    start = time.perf_counter()
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collate, num_workers=num_workers)
+    for teacher in teachers:
+        teacher.to(device)
+    seconds = {t.name: 0.0 for t in teachers}
+    with CacheWriter(folder, fingerprint, len(dataset), encodings=encodings) as writer, \
+            Progress(disable=not progress, transient=True) as bar:
+        job = bar.add_task("teacher outputs", total=len(dataset))
+        for batch in loader:
+            batch = move_batch(batch, device)
+            index = batch["meta"]["index"].cpu()
+            for teacher in teachers:
+                t0 = time.perf_counter()
+                outputs = teacher.predict(batch["image"])
+                seconds[teacher.name] += time.perf_counter() - t0
+                for task, value in outputs.items():
+                    writer.add(teacher.name, task, index, value)
+            bar.advance(job, len(index))
+    return {"total_s": time.perf_counter() - start, **{f"teacher_s/{n}": s for n, s in seconds.items()}}
+
+
+def open_or_build_cache(teachers: list[Teacher], dataset: FolderDataset, root: str | Path, *,
+                        encoding: str = "fp16", semseg_topk: int | None = None, rebuild: bool = True,
+                        verify: str = "full", batch_size: int = 32, num_workers: int = 0,
+                        device: torch.device | str = "cpu", progress: bool = True,
+                        log: Callable[[str], None] = print) -> TeacherCache:
+    """The valid cache for these teachers and images under ``root``, built first when missing or stale."""
+    encodings = encodings_for(teachers, encoding, semseg_topk)
+    fingerprint = cache_fingerprint(teachers, dataset, encodings)
+    folder = Path(root) / cache_slot(teachers, dataset)
+    check = True if verify == "full" else "size"
+    try:
+        return TeacherCache.open(folder, fingerprint, verify=check)
+    except CacheMissing:
+        log(f"teacher cache: building {folder} ({len(dataset)} images, {len(teachers)} teachers)")
+    except CacheMismatch as exc:
+        if not rebuild:
+            raise CacheError(f"{exc} (rebuilding is off: set distill.cache.rebuild: true or run "
+                             "`polydistill cache CONFIG --rebuild`)") from None
+        log(f"teacher cache: {exc} — rebuilding")
+    timings = build_cache(teachers, dataset, folder, fingerprint, encodings, batch_size=batch_size,
+                          num_workers=num_workers, device=device, progress=progress)
+    (folder / "build.json").write_text(json.dumps({**timings, "images": len(dataset)}, indent=2))
+    return TeacherCache.open(folder, fingerprint, verify="size")
