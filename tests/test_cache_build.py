@@ -129,3 +129,18 @@ def test_cache_command(tiny_data, teacher_runs, tmp_path):
     assert again.exit_code == 0, again.output
     missing = CliRunner().invoke(app, ["cache", str(path)])
     assert missing.exit_code == 2 and "teacher_cache" in missing.output
+
+
+def test_photometric_jitter_reaches_the_student_only(tiny_data, teacher_runs, tmp_path):
+    transform = build_train_transform(AugmentConfig(hflip=0.5, scale=(1.0, 1.3), color_jitter=0.4))
+    data = FolderDataset(tiny_data["val"], ("depth",), image_size=(32, 48), transform=transform, seed=3)
+    plain = FolderDataset(tiny_data["val"], ("depth",), image_size=(32, 48),
+                          transform=build_train_transform(AugmentConfig(hflip=0.5, scale=(1.0, 1.3))), seed=3)
+    sample, geometric = data[2], plain[2]
+    assert torch.equal(sample["teacher_image"], geometric["image"])  # same geometry, no colour change
+    assert not torch.allclose(sample["image"], geometric["image"])
+    cfg = tiny_config(tiny_data["train"], None, max_steps=2)
+    cfg["data"]["augment"] = {"color_jitter": 0.3}
+    cfg["teachers"] = [{"name": "d", "path": str(teacher_runs["depth"])}]
+    cfg["distill"] = {"precompute_teachers": False}
+    train_run(load_config(base=cfg), tmp_path / "online")  # online teachers read batch["teacher_image"]

@@ -32,6 +32,8 @@ class AugmentConfig(StrictModel):
     crop: tuple[int, int] | None = Field(
         None, description="train on random (height, width) crops: cheaper steps, same object scale"
     )
+    color_jitter: float = Field(0.0, ge=0, lt=1, description="brightness/contrast/saturation jitter of the "
+                                "student's input only (teachers see the un-jittered image)")
 
     @field_validator("scale")
     @classmethod

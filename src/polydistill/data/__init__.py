@@ -5,17 +5,20 @@ from __future__ import annotations
 from ..config import AugmentConfig
 from .collate import collate, move_batch
 from .folder import FolderDataset
-from .transforms import Compose, RandomHorizontalFlip, RandomScaleCrop, Resize
+from .transforms import ColorJitter, Compose, RandomHorizontalFlip, RandomScaleCrop, Resize
 
-__all__ = ["Compose", "FolderDataset", "RandomHorizontalFlip", "RandomScaleCrop", "Resize",
+__all__ = ["ColorJitter", "Compose", "FolderDataset", "RandomHorizontalFlip", "RandomScaleCrop", "Resize",
            "build_train_transform", "collate", "move_batch"]
 
 
 def build_train_transform(cfg: AugmentConfig) -> Compose | None:
-    """Paired geometric augmentation from the config (None when it would do nothing)."""
+    """Paired geometric augmentation, then photometric jitter of the student's input (None when it would do
+    nothing)."""
     steps = []
     if cfg.hflip > 0:
         steps.append(RandomHorizontalFlip(cfg.hflip))
     if cfg.scale[1] > 1.0 or cfg.crop is not None:
         steps.append(RandomScaleCrop(cfg.scale, size=cfg.crop))
+    if cfg.color_jitter > 0:
+        steps.append(ColorJitter(cfg.color_jitter))  # after the geometry: both images share it
     return Compose(steps) if steps else None

@@ -48,7 +48,7 @@ def collate(samples: Sequence[dict]) -> dict:
                 f"({layout} vs {_teacher_layout(sample)}); attach the same teacher outputs to every dataset"
             )
     metas = [s["meta"] for s in samples]
-    return {
+    batch = {
         "image": _stack([s["image"] for s in samples], "images"),
         "targets": {
             task: _stack([s["targets"][task] for s in samples], f"'{task}' targets") for task in tasks
@@ -70,6 +70,9 @@ def collate(samples: Sequence[dict]) -> dict:
             "box_labels": [m["box_labels"] for m in metas],
         },
     }
+    if any("teacher_image" in s for s in samples):  # the un-jittered input for online teachers
+        batch["teacher_image"] = _stack([s.get("teacher_image", s["image"]) for s in samples], "teacher images")
+    return batch
 
 
 def move_batch(batch: Any, device: torch.device | str) -> Any:

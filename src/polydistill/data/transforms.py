@@ -215,6 +215,27 @@ class RandomScaleCrop:
         return f"RandomScaleCrop(scale={self.scale}, size={self.size})"
 
 
+class ColorJitter:
+    """Photometric change of the *student's* input only: brightness, contrast and saturation factors drawn in
+    ``[1 − strength, 1 + strength]``. The unchanged image is kept as ``sample["teacher_image"]``: teachers —
+    cached or online — see the geometry the student sees, never the colour change, so the cache stays valid
+    and a teacher's output is not degraded by the augmentation."""
+
+    def __init__(self, strength: float = 0.2):
+        if not 0.0 < strength < 1.0:
+            raise DataError(f"ColorJitter strength must be in (0, 1), got {strength}")
+        self.strength = float(strength)
+
+    def __call__(self, sample: dict, rng: np.random.Generator) -> dict:
+        b, c, s = (1.0 + rng.uniform(-self.strength, self.strength, 3)).tolist()
+        image = sample["image"]
+        out = F.adjust_saturation(F.adjust_contrast(F.adjust_brightness(image, b), c), s)
+        return {**sample, "image": out.clamp(0, 1), "teacher_image": sample.get("teacher_image", image)}
+
+    def __repr__(self) -> str:
+        return f"ColorJitter(strength={self.strength})"
+
+
 class Compose:
     """Apply transforms in order, all drawing from the same ``rng``."""
 

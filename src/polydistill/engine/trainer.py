@@ -191,8 +191,9 @@ class Trainer:
 
     def _teacher_outputs(self, batch: dict) -> dict[str, dict[str, torch.Tensor]]:
         outputs = dict(batch.get("teacher") or {})
+        images = batch.get("teacher_image", batch["image"])  # teachers never see photometric jitter
         for teacher in self.online_teachers:
-            outputs[teacher.name] = teacher.predict(batch["image"])
+            outputs[teacher.name] = teacher.predict(images)
         return outputs
 
     def _hook_shared_features(self) -> None:
