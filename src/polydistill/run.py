@@ -231,6 +231,8 @@ def train_run(cfg: RunConfig, run_dir: str | Path, *, resume: bool = False,
 
     save_config(cfg, run_dir / "config.yaml")
     kinds = {(t, teacher.name): teacher.output_kind(t) for teacher in teachers for t in teacher.tasks}
+    if not online:
+        teachers.clear()  # served by the cache from here on: free the networks' memory during training
     objective = Objective(tasks, teachers_per_task, trajectory_tasks=list(scored) if trajectory else None,
                           teacher_kinds=kinds)
     trainer = Trainer(

@@ -1,0 +1,157 @@
+"""benchmarks/speed.py: the variant configs are valid and differ only where they must; the summaries add up."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from pathlib import Path
+
+import pytest
+
+from polydistill.config import load_config
+from polydistill.demo import PRESETS, TEACHERS
+from polydistill.run import check_names
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_bench():
+    spec = importlib.util.spec_from_file_location("bench_speed", ROOT / "benchmarks" / "speed.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def flatten(cfg: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in cfg.items():
+        if isinstance(value, dict) and value:
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def differences(a: dict, b: dict) -> set[str]:
+    fa, fb = flatten(a), flatten(b)
+    return {k for k in set(fa) | set(fb) if fa.get(k) != fb.get(k)}
+
+
+@pytest.fixture
+def setting(tmp_path):
+    splits = {"pool": tmp_path / "pool", "val": tmp_path / "val"}
+    teachers = {name: tmp_path / name for name in TEACHERS}
+    return PRESETS["quick"], splits, teachers
+
+
+def test_variant_configs_are_valid_and_differ_where_they_must(setting, tmp_path):
+    bench = load_bench()
+    preset, splits, teachers = setting
+    common = dict(steps=20, threads=2, cache_dir=tmp_path / "cache")
+    supervised = bench.variant_config(preset, splits, {}, **common)
+    online = bench.variant_config(preset, splits, teachers, precompute=False, **common)
+    cached = bench.variant_config(preset, splits, teachers, precompute=True, **common)
+    for cfg in (supervised, online, cached):
+        check_names(load_config(base=cfg))
+        train = cfg["train"]
+        assert train["max_steps"] == 20 and train["log_every"] == 1 and train["threads"] == 2
+        assert train["val_every"] > train["max_steps"] and train["progress"] is False
+
+    assert differences(online, cached) == {"distill.precompute_teachers"}
+    assert online["distill"]["precompute_teachers"] is False and cached["distill"]["precompute_teachers"] is True
+    assert cached["distill"]["teacher_cache"] == str(tmp_path / "cache")
+    assert [t["name"] for t in cached["teachers"]] == list(TEACHERS)
+    # supervised only: no teachers, no distillation section, and the pool's labelled images
+    assert {k.split(".")[0] if k.startswith("distill.") else k for k in differences(supervised, cached)} == {
+        "teachers", "distill", "data.labelled_only"}
+    assert "teachers" not in supervised and "distill" not in supervised
+    assert supervised["data"]["labelled_only"] is True
+
+    # first k teachers; int8 only changes the cache encoding; a scaled folder only changes data.train
+    one = bench.variant_config(preset, splits, bench.teacher_subset(teachers, 1), **common)
+    assert [t["name"] for t in one["teachers"]] == ["depth_teacher"]
+    check_names(load_config(base=one))
+    assert differences(one, cached) == {"teachers"}
+    int8 = bench.variant_config(preset, splits, teachers, encoding="int8", **common)
+    check_names(load_config(base=int8))
+    assert differences(int8, cached) == {"distill.cache.encoding", "distill.cache.semseg_topk"}
+    assert load_config(base=int8).distill.cache.semseg_topk == 3
+    scaled = bench.variant_config(preset, splits, teachers, train_folder=tmp_path / "pool_x10", **common)
+    assert differences(scaled, cached) == {"data.train"}
+
+
+def test_throughput_median_skips_warmup_and_empty_steps():
+    bench = load_bench()
+    rows = [{"step": s, "loss": 1.0, "samples_per_s": v} for s, v in enumerate([1.0, 2.0, 40.0, 20.0, 30.0], 1)]
+    rows.append({"step": 6, "loss": math.nan, "samples_per_s": 1000.0})  # no update made: left out
+    t = bench.throughput(rows, warmup=2, batch=8)
+    assert t["images_per_s"] == 30.0 and t["steps_used"] == 3
+    assert t["step_ms"] == pytest.approx(1000 * 8 / 30)
+    assert t["images_per_s_q25_q75"][0] < 30.0 < t["images_per_s_q25_q75"][1]
+    assert math.isnan(bench.throughput(rows[:2], warmup=2, batch=8)["images_per_s"])
+    flagged = bench.unstable_runs({"steady": {"images_per_s_q25_q75": [20.0, 30.0]},
+                                   "disturbed": {"images_per_s_q25_q75": [0.9, 15.0]}, "short": {}})
+    assert len(flagged) == 1 and flagged[0].startswith("disturbed")
+
+
+def test_ratios_scaling_cache_and_markdown():
+    bench = load_bench()
+    steps = {"supervised": {"images_per_s": 100.0, "step_ms": 80.0, "steps_used": 15, "peak_rss_mb": 800.0,
+                            "wall_s": 10.0},
+             "online": {"images_per_s": 25.0, "step_ms": 320.0, "steps_used": 15, "peak_rss_mb": 1000.0,
+                        "wall_s": 30.0},
+             "cached": {"images_per_s": 80.0, "step_ms": 100.0, "steps_used": 15, "peak_rss_mb": 990.0,
+                        "wall_s": 12.0}}
+    r = bench.ratios(steps)
+    assert r["online_over_supervised"] == pytest.approx(4.0)  # step time (b) / (a)
+    assert r["cached_over_supervised"] == pytest.approx(1.25)
+    assert r["online_over_cached"] == pytest.approx(3.2)  # the cache's speed-up
+    assert math.isnan(bench.ratios({"online": steps["online"]})["online_over_cached"])
+
+    scaling = bench.scaling_summary({
+        1: {"teachers": ["depth_teacher"], "online": {"images_per_s": 50.0}, "cached": {"images_per_s": 90.0}},
+        3: {"teachers": list(TEACHERS), "online": {"images_per_s": 25.0}, "cached": {"images_per_s": 80.0}},
+    })
+    assert list(scaling) == ["1", "3"]
+    assert scaling["1"]["online_over_cached"] == pytest.approx(1.8)
+    assert scaling["3"]["online_over_cached"] == pytest.approx(3.2)
+
+    build = {"images": 100, "build_json": {"total_s": 5.0, "teacher_s/depth_teacher": 2.0, "images": 100},
+             "size_bytes": {"depth_teacher/depth": 614400, "seg_teacher/semseg": 4300800},
+             "encodings": {"depth_teacher/depth": "fp16", "seg_teacher/semseg": "topk3"},
+             "peak_rss_mb": 900.0, "wall_s": 7.0}
+    cache = bench.cache_summary(build)
+    assert cache["build_s_per_image"] == pytest.approx(0.05)
+    assert cache["teacher_s_per_image"] == {"depth_teacher": pytest.approx(0.02)}
+    assert cache["bytes_per_image"]["depth_teacher/depth"] == pytest.approx(6144)
+    assert cache["total_bytes_per_image"] == pytest.approx(49152)
+
+    memory = {"1": {"images": 100, "cache_bytes": 4915200, "rss_before_mb": 500.0, "peak_rss_mb": 520.0,
+                    "peak_anon_mb": 480.0, "rss_file_end_mb": 30.0, "images_per_s": 300.0},
+              "10": {"images": 1000, "cache_bytes": 49152000, "rss_before_mb": 500.0, "peak_rss_mb": 530.0,
+                     "peak_anon_mb": 481.0, "rss_file_end_mb": 40.0, "images_per_s": 290.0, "build": cache}}
+    loader = {"images only": {"0": {"images_per_s": 400.0}, "1": {"images_per_s": 700.0}},
+              "images + cache": {"0": {"images_per_s": 350.0}, "1": {"images_per_s": 650.0}}}
+    results = {"meta": {"command": "PYTHONPATH=src python benchmarks/speed.py --preset quick", "preset": "quick",
+                        "image_size": [48, 64], "pool_images": 128, "batch": 8, "steps": 20, "warmup": 5,
+                        "cpus": 2, "runtime": "PyTorch, CPU, 2 torch threads", "load_average_start": 0.1,
+                        "load_average_end": 1.9},
+               "steps": steps, "ratios": r, "cache": {"fp16": cache}, "scaling": scaling, "memory": memory,
+               "loader": loader, "notes": ["a note"]}
+    md = bench.markdown(results)
+    assert "PYTHONPATH=src python benchmarks/speed.py --preset quick" in md
+    assert "| (b) online / (c) cached (speed-up of the cache) | 3.20 |" in md
+    assert "| (a) supervised only | 100.0 | n/a–n/a | 80.0 | 15 | 800 | 10.0 | n/a |" in md
+    assert "| 3 (depth_teacher, seg_teacher, depth_teacher_dusk) | 25.0 | 80.0 | 3.20 |" in md
+    assert "| 10× | 1000 |" in md and "| images + cache | 350.0 | 650.0 |" in md
+    assert "6.0 KiB" in md and "2 CPUs" in md and "* a note" in md
+    assert bench.implausible(results) == []
+    disturbed = {"ratios": bench.ratios({**steps, "supervised": {"images_per_s": 1.0}}),
+                 "scaling": bench.scaling_summary({1: {"online": {"images_per_s": 1.0}},
+                                                   2: {"online": {"images_per_s": 20.0}}})}
+    odd = bench.implausible(disturbed)
+    assert len(odd) == 2 and "supervised-only" in odd[0] and "with 2 teachers" in odd[1]
+    rows = bench.summary_rows(results)
+    assert ("steps", "step time online / cached", "3.20") in rows
+    assert ("scaling", "1 teacher(s): step time online / cached", "1.80") in rows
+    assert ("loader", "images + cache, num_workers 1: images/s", "650.0") in rows
