@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..distill.feature_norm import NORMS, TeacherNorm
+from ..distill.feature_norm import NORMS, TeacherNorm, padded_dim
 from ..errors import ConfigError
 from ..registry import did_you_mean
 from . import TASKS
@@ -129,7 +129,7 @@ class FeaturesTask(Task):
         if self.channels is None:
             raise ConfigError("a features task needs its teacher's channel count: set channels, or let a teacher "
                               "that teaches the task fill it in (polydistill train does)")
-        return TeacherNorm(self.channels, self.norm).out_channels
+        return padded_dim(self.channels) if self.norm == "phi_s" else self.channels
 
     def build_head(self, in_channels: int, hidden: int | None = None, input_stride: int = 4) -> nn.Module:
         if self.grid_stride % input_stride:

@@ -28,7 +28,6 @@ once with an error saying so, instead of retrying.
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 from typing import Any
 
@@ -38,14 +37,11 @@ import torch.nn.functional as F
 from ..errors import ConfigError
 from .base import Teacher, check_option_keys
 from .class_map import resolve_class_map
+from .weights import hub_offline
 
 #: model_type -> depth convention of its output when the config does not say
 DEPTH_CONVENTION_BY_TYPE = {"dpt": "inverse_relative", "zoedepth": "metric", "glpn": "metric"}
 OPTION_KEYS = ("input_size", "revision")
-
-
-def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
 
 
 def load_pretrained(loader: Any, path: str, name: str, **kwargs: Any) -> Any:
@@ -55,7 +51,7 @@ def load_pretrained(loader: Any, path: str, name: str, **kwargs: Any) -> Any:
     try:
         return loader.from_pretrained(path, local_files_only=True, **kwargs)
     except OSError as cached_miss:
-        if _offline():
+        if hub_offline():
             raise ConfigError(
                 f"teacher '{name}': '{path}' is not cached locally and HF_HUB_OFFLINE is set; download it once "
                 f"with internet (e.g. `huggingface-cli download {path}`) or point path at a local folder"

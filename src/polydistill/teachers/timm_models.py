@@ -99,6 +99,7 @@ from ..errors import ConfigError
 from ..recorders import ModuleOutputRecorder
 from ..registry import did_you_mean
 from .base import Teacher, check_option_keys
+from .weights import hub_offline, read_state_dict
 
 OPTION_KEYS = ("pretrained", "pretrained_cfg_overlay", "checkpoint", "layer", "module", "norm", "input_size",
                "grid_stride", "timm_kwargs")
@@ -111,16 +112,6 @@ PROBE_SIZE = (128, 192)
 
 class _StopForward(Exception):
     """Raised by a hook right after the recorded module ran: the rest of the network is not needed."""
-
-
-def _offline() -> bool:
-    if os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes"):
-        return True
-    try:
-        from huggingface_hub import is_offline_mode
-    except ImportError:
-        return False
-    return bool(is_offline_mode())
 
 
 def _suggest(name: str, choices: list[str], listing: str) -> str:
@@ -174,40 +165,13 @@ def _cached_weights(cfg: dict[str, Any]) -> str | None:
     return None
 
 
-def read_state_dict(teacher: str, path: Path) -> dict[str, torch.Tensor]:
-    """A state dict from ``.safetensors`` (safetensors) or another file (``torch.load(weights_only=True)``)."""
-    if not path.is_file():
-        raise ConfigError(f"teacher '{teacher}': options.checkpoint not found: {path}")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(path), device="cpu")
-        else:
-            state = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:  # corrupt file, pickled code, wrong format: all user-fixable
-        raise ConfigError(f"teacher '{teacher}': cannot read options.checkpoint {path}: "
-                          f"{type(exc).__name__}: {exc}") from exc
-    if isinstance(state, dict):  # a training checkpoint that wraps the state dict
-        for key in ("model", "state_dict"):
-            if isinstance(state.get(key), dict) and not any(torch.is_tensor(v) for v in state.values()):
-                state = state[key]
-                break
-    if not isinstance(state, dict) or not state or not all(torch.is_tensor(v) for v in state.values()):
-        raise ConfigError(f"teacher '{teacher}': options.checkpoint {path} does not hold a state dict "
-                          "(parameter name -> tensor)")
-    if all(k.startswith("module.") for k in state):  # saved from DistributedDataParallel
-        state = {k[len("module."):]: v for k, v in state.items()}
-    return state
-
-
 def _key_list(keys: list[str], limit: int = 8) -> str:
     shown = ", ".join(keys[:limit])
     return shown + (f", … (+{len(keys) - limit} more)" if len(keys) > limit else "")
 
 
 def _load_checkpoint(teacher: str, model: nn.Module, model_name: str, path: Path) -> None:
-    state = read_state_dict(teacher, path)
+    state = read_state_dict(teacher, path, "options.checkpoint")
     try:
         result = model.load_state_dict(state, strict=False)
     except RuntimeError as exc:  # shape mismatches
@@ -404,7 +368,7 @@ class TimmTeacher(Teacher):
             raise ConfigError(f"teacher '{teacher}': timm has no pretrained weights for {path}; choose a name with "
                               "a pretrained tag (timm.list_pretrained()), or give pretrained_cfg_overlay: {file: ...} "
                               "or checkpoint")
-        if _offline():
+        if hub_offline():
             where = cfg.get("hf_hub_id") or cfg.get("url")
             raise ConfigError(f"teacher '{teacher}': the pretrained weights of {path} ({where}) are not cached locally "
                               f"and HF_HUB_OFFLINE is set; download them once with internet (e.g. `python -c "
@@ -457,23 +421,19 @@ class TimmTeacher(Teacher):
     def _probe(self, teacher: str, path: str, size: tuple[int, int], norm: bool | None) -> torch.Tensor:
         """One forward on a blank image; failures become config errors that say what to change."""
         x = torch.zeros(1, 3, *size)
-        error = None
         with torch.no_grad():
-            try:
-                return self._features(x)
-            except ConfigError:
-                raise
-            except Exception as exc:
-                error = exc
-            if (self._recorder is None and norm is None and self.norm and isinstance(error, AssertionError)
-                    and "norm" in str(error).lower()):
-                self.norm = self._fi_kwargs["norm"] = False  # e.g. Hiera: no final norm for intermediates
+            for attempt in range(2):
                 try:
                     return self._features(x)
                 except ConfigError:
                     raise
                 except Exception as exc:
                     error = exc
+                retry = (attempt == 0 and self._recorder is None and norm is None and self.norm
+                         and isinstance(error, AssertionError) and "norm" in str(error).lower())
+                if not retry:
+                    break
+                self.norm = self._fi_kwargs["norm"] = False  # e.g. Hiera: no final norm for intermediates
             levels = self._count_levels(x) if self._recorder is None else None
         if levels is not None and not -levels <= self.layer < levels:
             raise ConfigError(f"teacher '{teacher}': options.layer {self.layer} is out of range for {path}, which "

@@ -47,6 +47,7 @@ from ..errors import ConfigError
 from ..registry import did_you_mean
 from .base import Teacher, check_option_keys
 from .class_map import resolve_class_map
+from .weights import read_state_dict
 
 OPTION_KEYS = ("weights", "weights_file", "num_classes", "aux_loss")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -80,30 +81,6 @@ def _normalisation(weights) -> tuple[tuple[float, ...], tuple[float, ...]]:
     if len(mean) != 3 or len(std) != 3:
         return IMAGENET_MEAN, IMAGENET_STD
     return mean, std
-
-
-def _load_state_dict_file(teacher: str, path: Path) -> dict[str, torch.Tensor]:
-    if not path.is_file():
-        raise ConfigError(f"teacher '{teacher}': options.weights_file not found: {path}")
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(path), device="cpu")
-        else:
-            state = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:  # corrupt file, pickled code, wrong format: all user-fixable
-        raise ConfigError(f"teacher '{teacher}': cannot read options.weights_file {path}: "
-                          f"{type(exc).__name__}: {exc}") from exc
-    if isinstance(state, dict):  # a training checkpoint that wraps the state dict
-        for key in ("model", "state_dict"):
-            if isinstance(state.get(key), dict) and not any(torch.is_tensor(v) for v in state.values()):
-                state = state[key]
-                break
-    if not isinstance(state, dict) or not state or not all(torch.is_tensor(v) for v in state.values()):
-        raise ConfigError(f"teacher '{teacher}': options.weights_file {path} does not hold a state dict "
-                          "(parameter name -> tensor)")
-    return state
 
 
 class TorchvisionTeacher(Teacher):
@@ -143,7 +120,7 @@ class TorchvisionTeacher(Teacher):
 
         builder = tvm.get_model_builder(path)
         if weights_file is not None:
-            state = _load_state_dict_file(name, Path(weights_file))
+            state = read_state_dict(name, Path(weights_file), "options.weights_file")
             if num_classes is None:
                 num_classes = self._infer_num_classes(name, state, categories)
             if aux_loss is None:
