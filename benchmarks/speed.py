@@ -136,6 +136,18 @@ def throughput(rows: list[dict[str, float]], warmup: int, batch: int) -> dict[st
             "images_per_s_q25_q75": (list(statistics.quantiles(speeds, n=4)[::2]) if len(speeds) > 1 else None)}
 
 
+def median_entry(entries: list[dict[str, Any]]) -> dict[str, Any]:
+    """One variant over several rounds: the median of each round's images/s, step time and peak RSS."""
+    ips = [nan_if_none(e.get("images_per_s")) for e in entries]
+    med = statistics.median(ips)
+    return {"images_per_s": med, "step_ms": statistics.median(e["step_ms"] for e in entries),
+            "rounds_images_per_s": ips, "images_per_s_q25_q75": [min(ips), max(ips)],
+            "steps_used": sum(e["steps_used"] for e in entries),
+            "peak_rss_mb": statistics.median(e["peak_rss_mb"] for e in entries),
+            "wall_s": statistics.median(e["wall_s"] for e in entries),
+            "load_average_before": statistics.median(nan_if_none(e.get("load_average_before")) for e in entries)}
+
+
 def step_ratio(slow_ips: float, fast_ips: float) -> float:
     """Step time of the first over the second, from their images/s (same batch size)."""
     if not (slow_ips > 0 and fast_ips > 0):
@@ -284,19 +296,26 @@ def markdown(results: dict[str, Any]) -> str:
         "compare ratios from the same invocation. Peak RSS: the `ru_maxrss` of a fresh subprocess per measurement.",
     ]
     if results.get("steps"):
-        lines += ["", "## Step time", "",
-                  "| variant | images/s | images/s q25–q75 | step ms | steps used | peak RSS MiB | run wall s "
-                  "| load average before |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+        rounds = results.get("rounds", [])
+        lines += ["", f"## Step time ({len(rounds)} interleaved rounds, a fresh process per training)", "",
+                  "Each round trains (a), (b) and (c) once, in an order rotated from round to round; a variant's "
+                  "images/s is the median over rounds of its per-round median, and each ratio is the median over "
+                  "rounds of the ratio measured within the round (the three runs of a round share the machine's "
+                  "state of the moment).", "",
+                  "| variant | images/s | per round | step ms | peak RSS MiB | run wall s |",
+                  "|---|---:|---|---:|---:|---:|"]
         for name, r in results["steps"].items():
-            q = r.get("images_per_s_q25_q75") or [None, None]
-            lines.append(f"| {VARIANT_LABELS.get(name, name)} | {fmt(r['images_per_s'])} | {fmt(q[0])}–{fmt(q[1])} | "
-                         f"{fmt(r['step_ms'])} | {r['steps_used']} | {fmt(r['peak_rss_mb'], 0)} | {fmt(r['wall_s'])} | "
-                         f"{fmt(r.get('load_average_before'), 2)} |")
+            per_round = ", ".join(fmt(x) for x in r.get("rounds_images_per_s", []))
+            lines.append(f"| {VARIANT_LABELS.get(name, name)} | {fmt(r['images_per_s'])} | {per_round} | "
+                         f"{fmt(r['step_ms'])} | {fmt(r['peak_rss_mb'], 0)} | {fmt(r['wall_s'])} |")
         rt = results.get("ratios", {})
-        lines += ["", "| step-time ratio | value |", "|---|---:|",
-                  f"| (b) online / (a) supervised | {fmt(rt.get('online_over_supervised'), 2)} |",
-                  f"| (c) cached / (a) supervised | {fmt(rt.get('cached_over_supervised'), 2)} |",
-                  f"| (b) online / (c) cached (speed-up of the cache) | {fmt(rt.get('online_over_cached'), 2)} |"]
+        keys = [("online_over_supervised", "(b) online / (a) supervised"),
+                ("cached_over_supervised", "(c) cached / (a) supervised"),
+                ("online_over_cached", "(b) online / (c) cached (speed-up of the cache)")]
+        lines += ["", "| step-time ratio | median | per round |", "|---|---:|---|"]
+        for key, label in keys:
+            per_round = ", ".join(fmt(rd["ratios"].get(key), 2) for rd in rounds)
+            lines.append(f"| {label} | {fmt(rt.get(key), 2)} | {per_round} |")
     if results.get("cache"):
         lines += ["", "## Cache build and size (three teachers, the pool)", "",
                   "| encoding | images | build ms / image | teacher forward ms / image | bytes / image "
@@ -374,7 +393,7 @@ def _child(job: dict[str, Any]) -> dict[str, Any]:
         run = train_run(cfg, job["run_dir"])
         result["skipped_steps"] = run.fit.skipped_steps
     elif kind == "build":
-        cache = cache_teachers(cfg, force=True, rebuild=True)
+        cache = cache_teachers(cfg, force=True, rebuild=True)["train"]
         result.update(root=str(cache.root), images=len(cache),
                       build_json=json.loads((cache.root / "build.json").read_text()),
                       size_bytes={f"{t}/{k}": cache.size_bytes(teacher=t, task=k) for t, k in cache.outputs},
@@ -530,6 +549,8 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="default", choices=sorted(PRESETS))
     parser.add_argument("--steps", type=int, default=60, help="training steps per variant (and loader batches)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="interleaved rounds of (a), (b), (c) in the steps section (ratios: median over rounds)")
     parser.add_argument("--warmup", type=int, default=5, help="first steps left out of the images/s median")
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads of every subprocess")
     parser.add_argument("--scale", type=int, default=10, help="size of the larger dataset of the memory section")
@@ -554,7 +575,8 @@ def main(argv: list[str] | None = None) -> None:
         "command": "PYTHONPATH=" + os.environ.get("PYTHONPATH", "") + " "
                    + shlex.join(["python", sys.argv[0], *argv]),
         "preset": args.preset, "sections": sections, "steps": args.steps, "warmup": args.warmup,
-        "threads": args.threads, "scale": args.scale, "image_size": [preset.height, preset.width],
+        "threads": args.threads, "scale": args.scale, "rounds": args.rounds,
+        "image_size": [preset.height, preset.width],
         "pool_images": preset.pool_images, "batch": preset.student_batch, "data_seed": DATA_SEED,
         "cpus": os.cpu_count(), "load_average_start": os.getloadavg()[0], "cache": str(cache_root()),
         "runtime": f"PyTorch {torch.__version__}, CPU, {args.threads} torch threads per subprocess"
@@ -574,19 +596,24 @@ def main(argv: list[str] | None = None) -> None:
         log("[bold]cache build and size[/]")
         results["cache"] = {enc: cache_summary(bench.build(k_all, enc)) for enc in ENCODINGS}
     if "steps" in sections:
-        log("[bold]step time: supervised, online, cached[/]")
+        log(f"[bold]step time: supervised, online, cached, {args.rounds} interleaved round(s)[/]")
         bench.build(k_all)  # built before, separately
-        results["steps"] = {"supervised": bench.train("supervised", 0),
-                            "online": bench.train(f"online_{k_all}", k_all, precompute=False),
-                            "cached": bench.train(f"cached_{k_all}", k_all, precompute=True)}
-        results["ratios"] = ratios(results["steps"])
+        variants = [("supervised", 0, True), ("online", k_all, False), ("cached", k_all, True)]
+        rounds = []
+        for r in range(args.rounds):
+            order = variants[r % 3:] + variants[:r % 3]  # rotate, so no variant always runs first or last
+            entry = {v: bench.train(f"{v}_{k}_r{r}", k, precompute=p) for v, k, p in order}
+            rounds.append({"order": [v for v, _, _ in order], "steps": entry, "ratios": ratios(entry)})
+        results["rounds"] = rounds
+        results["steps"] = {v: median_entry([rd["steps"][v] for rd in rounds]) for v, _, _ in variants}
+        results["ratios"] = {key: statistics.median(rd["ratios"][key] for rd in rounds) for key in rounds[0]["ratios"]}
     if "scaling" in sections:
         log("[bold]scaling with the number of teachers[/]")
         runs: dict[int, dict[str, Any]] = {}
         for k in range(1, k_all + 1):
-            runs[k] = {"teachers": list(teacher_subset(teacher_runs, k)),
-                       "online": bench.train(f"online_{k}", k, precompute=False),
-                       "cached": bench.train(f"cached_{k}", k, precompute=True)}
+            runs[k] = {"teachers": list(teacher_subset(teacher_runs, k)),  # k = all reuses round 0 of "steps"
+                       "online": bench.train(f"online_{k}_r0", k, precompute=False),
+                       "cached": bench.train(f"cached_{k}_r0", k, precompute=True)}
         results["scaling"] = scaling_summary(runs)
     if "memory" in sections:
         log("[bold]reading memory[/]")
@@ -620,9 +647,10 @@ def main(argv: list[str] | None = None) -> None:
     results["builds"] = [{"encoding": e, "teachers": k, "folder": f or "pool", **b}
                          for (e, k, f), b in bench.builds.items()]
     results["notes"].append("Training builds the teacher networks even when it reads their outputs from the cache "
-                            "(the cache is checked against their fingerprints), so (c)'s peak RSS includes their "
-                            "weights; the demo's feedback weighting also runs them once on the validation split "
-                            "before the first step, in (b) and (c) alike.")
+                            "(the cache is checked against their fingerprints) and frees them before the first "
+                            "step, so (c)'s peak RSS includes their weights. The demo's feedback weighting scores "
+                            "the teachers on the validation split before the first step: (b) runs them, (c) reads "
+                            "their validation outputs from the cache as well.")
     meta["load_average_end"] = os.getloadavg()[0]
     odd = implausible(results)
     if odd:

@@ -103,6 +103,15 @@ def test_ratios_scaling_cache_and_markdown():
              "cached": {"images_per_s": 80.0, "step_ms": 100.0, "steps_used": 15, "peak_rss_mb": 990.0,
                         "wall_s": 12.0}}
     r = bench.ratios(steps)
+    # a second, slower round: per variant the median over rounds, per ratio the median of the rounds' ratios
+    slow = {k: {**v, "images_per_s": v["images_per_s"] / 2, "step_ms": v["step_ms"] * 2} for k, v in steps.items()}
+    slow["cached"]["images_per_s"] = 30.0  # (c) / (a) = 50 / 30 in this round
+    rounds = [{"order": list(steps), "steps": steps, "ratios": r},
+              {"order": list(steps), "steps": slow, "ratios": bench.ratios(slow)}]
+    merged = {v: bench.median_entry([rd["steps"][v] for rd in rounds]) for v in steps}
+    assert merged["supervised"]["images_per_s"] == pytest.approx(75.0)
+    assert merged["supervised"]["rounds_images_per_s"] == [100.0, 50.0]
+    assert merged["cached"]["images_per_s_q25_q75"] == [30.0, 80.0]
     assert r["online_over_supervised"] == pytest.approx(4.0)  # step time (b) / (a)
     assert r["cached_over_supervised"] == pytest.approx(1.25)
     assert r["online_over_cached"] == pytest.approx(3.2)  # the cache's speed-up
@@ -136,12 +145,15 @@ def test_ratios_scaling_cache_and_markdown():
                         "image_size": [48, 64], "pool_images": 128, "batch": 8, "steps": 20, "warmup": 5,
                         "cpus": 2, "runtime": "PyTorch, CPU, 2 torch threads", "load_average_start": 0.1,
                         "load_average_end": 1.9},
-               "steps": steps, "ratios": r, "cache": {"fp16": cache}, "scaling": scaling, "memory": memory,
+               "steps": merged, "rounds": rounds, "ratios": r, "cache": {"fp16": cache}, "scaling": scaling,
+               "memory": memory,
                "loader": loader, "notes": ["a note"]}
     md = bench.markdown(results)
     assert "PYTHONPATH=src python benchmarks/speed.py --preset quick" in md
-    assert "| (b) online / (c) cached (speed-up of the cache) | 3.20 |" in md
-    assert "| (a) supervised only | 100.0 | n/a–n/a | 80.0 | 15 | 800 | 10.0 | n/a |" in md
+    assert "| (b) online / (c) cached (speed-up of the cache) | 3.20 | 3.20, 2.40 |" in md
+    assert "| (c) cached / (a) supervised | 1.25 | 1.25, 1.67 |" in md
+    assert "| (a) supervised only | 75.0 | 100.0, 50.0 | 120.0 | 800 | 10.0 |" in md
+    assert "2 interleaved rounds" in md
     assert "| 3 (depth_teacher, seg_teacher, depth_teacher_dusk) | 25.0 | 80.0 | 3.20 |" in md
     assert "| 10× | 1000 |" in md and "| images + cache | 350.0 | 650.0 |" in md
     assert "6.0 KiB" in md and "2 CPUs" in md and "* a note" in md

@@ -14,6 +14,7 @@ from polydistill.cache import CacheCorrupt, CacheError, TeacherCache, open_or_bu
 from polydistill.cli import app
 from polydistill.config import AugmentConfig, load_config
 from polydistill.data import FolderDataset, build_train_transform
+from polydistill.distill.weighting.feedback import FeedbackWeighting
 from polydistill.run import train_run
 from polydistill.teachers import CheckpointTeacher
 from tests.conftest import tiny_config, write_tiny_dataset
@@ -111,6 +112,30 @@ def test_training_builds_then_reuses_the_cache(tiny_data, teacher_runs, tmp_path
     kinds = {t: v for t, v in json.loads((folder / "manifest.json").read_text())["outputs"].items()}
     assert kinds["s"]["semseg"]["encoding"]["kind"] == ("topk" if topk else "fp16")
     assert kinds["d"]["depth"]["encoding"]["kind"] == "fp16"  # depth always fp16
+
+
+def test_feedback_weighting_scores_cached_teachers_without_running_them(tiny_data, teacher_runs, tmp_path,
+                                                                        monkeypatch):
+    cfg = tiny_config(tiny_data["train"], tiny_data["val"], max_steps=2)
+    cfg["teachers"] = [{"name": "d", "path": str(teacher_runs["depth"])},
+                       {"name": "s", "path": str(teacher_runs["semseg"])}]
+    cfg["distill"] = {"teacher_cache": str(tmp_path / "cache"), "teacher_weighting": "feedback"}
+    seen: list[dict] = []
+    monkeypatch.setattr(FeedbackWeighting, "set_teacher_metrics", lambda self, metrics: seen.append(metrics))
+    online = {**cfg, "distill": {**cfg["distill"], "precompute_teachers": False}}
+    train_run(load_config(base=online), tmp_path / "online")  # the teachers run on the validation images
+    train_run(load_config(base=cfg), tmp_path / "a")  # builds the training and the validation caches
+    assert sorted(p.name.split("-")[0] for p in (tmp_path / "cache").iterdir()) == ["train", "val"]
+
+    def no_teacher(*args, **kwargs):
+        raise AssertionError("a teacher ran although its outputs are cached")
+
+    monkeypatch.setattr(CheckpointTeacher, "_predict", no_teacher)
+    train_run(load_config(base=cfg), tmp_path / "b")
+    want, _, got = seen
+    assert set(got) == {"d", "s"}
+    assert got["d"]["depth"]["abs_rel"] == pytest.approx(want["d"]["depth"]["abs_rel"], rel=2e-3)  # fp16 cache
+    assert got["s"]["semseg"]["miou"] == pytest.approx(want["s"]["semseg"]["miou"], abs=2e-3)  # fp16 ties
 
 
 def test_cache_command(tiny_data, teacher_runs, tmp_path):

@@ -349,3 +349,24 @@ def test_reading_one_sample_of_a_large_cache_stays_small_in_memory(tmp_path):
     grown = _rss_bytes() - before
     assert value.shape == shape and float(value[0, 0, 0]) == 50.0
     assert grown < 30e6, f"RSS grew by {grown / 1e6:.0f} MB reading one 2 MB sample"
+
+
+def test_a_killed_build_leaves_no_folder_behind_after_the_next_build(tmp_path):
+    import signal
+    import subprocess
+
+    script = (f"import sys, time; sys.path.insert(0, {str(Path(__file__).parents[1] / 'src')!r})\n"
+              "from polydistill.cache import CacheWriter\n"
+              f"w = CacheWriter({str(tmp_path / 'cache')!r}, {FP!r}, 11, shard_size=4)\n"
+              "print('started', flush=True); time.sleep(60)\n")
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "started"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    (abandoned,) = tmp_path.glob(".tmp-cache-*")
+    live = CacheWriter(tmp_path / "cache", FP, 11, shard_size=4)  # a build of this process, still running
+    root = build(tmp_path / "cache", {("a", "depth"): torch.rand(11, 1, 4, 5)})
+    assert not abandoned.exists()  # its process is dead: removed by the next build
+    assert live.build_dir.exists()  # a running build is left alone
+    live.abort()
+    assert TeacherCache.open(root, FP).outputs and not list(tmp_path.glob(".tmp-*"))

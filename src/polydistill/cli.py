@@ -81,16 +81,16 @@ def cache(
     from .run import cache_teachers
 
     cfg = load_config(config, overrides or [])
-    store = cache_teachers(cfg, out, rebuild=auto_rebuild, force=rebuild)
-    build = store.root / "build.json"
-    info = json.loads(build.read_text()) if build.is_file() else {}
-    n = len(store)
-    for (teacher, task), output in store.outputs.items():
-        console.print(f"{teacher}/{task}: {output.encoding.kind}, shape {list(output.shape)}, "
-                      f"{output.size_bytes / n / 1024:.1f} KiB per image", highlight=False)
-    built = f"; built in {info['total_s']:.1f} s ({info['total_s'] / n * 1000:.1f} ms per image)" if info else ""
-    console.print(f"[bold green]cache[/] {store.root}: {n} images, {store.size_bytes() / 2**20:.1f} MiB{built}",
-                  highlight=False)
+    for split, store in cache_teachers(cfg, out, rebuild=auto_rebuild, force=rebuild).items():
+        build = store.root / "build.json"
+        info = json.loads(build.read_text()) if build.is_file() else {}
+        n = len(store)
+        for (teacher, task), output in store.outputs.items():
+            console.print(f"{teacher}/{task}: {output.encoding.kind}, shape {list(output.shape)}, "
+                          f"{output.size_bytes / n / 1024:.1f} KiB per image", highlight=False)
+        built = f"; built in {info['total_s']:.1f} s ({info['total_s'] / n * 1000:.1f} ms per image)" if info else ""
+        console.print(f"[bold green]cache ({split})[/] {store.root}: {n} images, "
+                      f"{store.size_bytes() / 2**20:.1f} MiB{built}", highlight=False)
 
 
 @app.command()

@@ -25,7 +25,7 @@ from .distill.weighting.base import parse_options
 from .engine.checkpoint import find_checkpoint, load_matching_weights
 from .engine.trainer import FitResult, Trainer
 from .errors import ConfigError
-from .evaluation.evaluate import evaluate
+from .evaluation.evaluate import cached_predictor, evaluate
 from .registry import did_you_mean
 from .students import build_student
 from .tasks import TASKS, task_type
@@ -143,8 +143,9 @@ def teacher_cache(cfg: RunConfig, teachers: list[Teacher], dataset: FolderDatase
 
 
 def cache_teachers(cfg: RunConfig, root: str | Path | None = None, *, rebuild: bool | None = None,
-                   force: bool = False) -> TeacherCache:
-    """``polydistill cache``: build (or check) the teacher-output cache ``train`` would use for ``cfg``."""
+                   force: bool = False) -> dict[str, TeacherCache]:
+    """``polydistill cache``: build (or check) the teacher-output caches ``train`` would use for ``cfg``:
+    ``{"train": ...}``, plus ``"val"`` when the teacher weighting scores the teachers on validation."""
     check_names(cfg)
     if not cfg.teachers:
         raise ConfigError("the config has no teachers: there is nothing to cache")
@@ -158,27 +159,42 @@ def cache_teachers(cfg: RunConfig, root: str | Path | None = None, *, rebuild: b
     teachers = [build_teacher(t, student_classes) for t in cfg.teachers]
     cfg = cfg.model_copy(deep=True)
     cfg.distill.teacher_cache = str(root)
-    if force:
-        shutil.rmtree(root / cache_slot(teachers, plain), ignore_errors=True)
-    return teacher_cache(cfg, teachers, plain, root, rebuild=rebuild)
+    folders = {"train": plain}
+    if cfg.data.val and TEACHER_WEIGHTINGS.get(cfg.distill.teacher_weighting.name).needs_teacher_metrics:
+        folders["val"] = FolderDataset(cfg.data.val, labelled_tasks(cfg), image_size=(cfg.data.height, cfg.data.width))
+    out = {}
+    for split, dataset in folders.items():
+        if force:
+            shutil.rmtree(root / cache_slot(teachers, dataset), ignore_errors=True)
+        out[split] = teacher_cache(cfg, teachers, dataset, root, rebuild=rebuild)
+    return out
 
 
-def teacher_validation_metrics(teachers: list[Teacher], tasks: dict, val_set: Dataset | None,
-                               cfg: RunConfig) -> dict[str, dict[str, dict[str, float]]]:
-    """Every teacher's metrics on the validation split (strategies that compare the student with them)."""
-    if val_set is None:
+def teacher_validation_metrics(teachers: list[Teacher], tasks: dict, cfg: RunConfig, run_dir: Path, *,
+                               cached: bool) -> dict[str, dict[str, dict[str, float]]]:
+    """Every teacher's metrics on the validation split (strategies that compare the student with them).
+
+    With ``cached``, the teachers' validation outputs come from (and go into) the teacher-output cache like
+    the training images', so a run on a warm cache never runs a teacher.
+    """
+    if not cfg.data.val:
         raise ConfigError(
             f"distill.teacher_weighting '{cfg.distill.teacher_weighting.name}' compares the student with its "
             "teachers on validation data: set data.val"
         )
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    val = FolderDataset(cfg.data.val, labelled_tasks(cfg), image_size=(cfg.data.height, cfg.data.width))
+    if cached:
+        val.attach_teacher_outputs(teacher_cache(cfg, teachers, val, run_dir),
+                                   keep_grid=[n for n, t in tasks.items() if not t.dense_output])
     out = {}
     for teacher in teachers:
-        teacher.to(device)
         own = {t: tasks[t] for t in teacher.tasks if tasks[t].has_labels}
         if not own:
             continue
-        out[teacher.name] = evaluate(teacher.predict, own, val_set, batch_size=cfg.data.batch_size * 2, device=device)
+        predict = cached_predictor(teacher.name) if cached else teacher.to(device).predict
+        out[teacher.name] = evaluate(predict, own, val, batch_size=cfg.data.batch_size * 2, device=device,
+                                     takes_batch=cached)
     return out
 
 
@@ -225,7 +241,8 @@ def train_run(cfg: RunConfig, run_dir: str | Path, *, resume: bool = False,
 
     weighting = build_weighting(cfg.distill, tasks, teachers_per_task)
     if weighting.needs_teacher_metrics:
-        weighting.teacher.set_teacher_metrics(teacher_validation_metrics(teachers, tasks, val_set, cfg))
+        weighting.teacher.set_teacher_metrics(
+            teacher_validation_metrics(teachers, tasks, cfg, run_dir, cached=not online))
     scored = {n: t for n, t in tasks.items() if t.has_labels}
     trajectory = KnowledgeTrajectory(cfg.distill.trajectory, model, scored) if cfg.distill.trajectory else None
 

