@@ -3,10 +3,11 @@
 Cold: an empty demo cache (``POLYDISTILL_CACHE`` pointed at a fresh folder under OUT), so data, teachers
 and (in releases that have it) the teacher-output cache are built. Warm: the same command again on that
 cache. The runs alternate between the two trees (before cold, after cold, before warm, after warm) so both
-see the machine in the same state; each is a fresh ``python -m`` process. The earlier release is checked
-out with ``git worktree`` under OUT and runs with the same interpreter and packages.
+see the machine in the same state; each is a fresh ``python -m`` process. Each release is checked out
+with ``git worktree`` under OUT (``--after`` defaults to HEAD) and runs with the same interpreter and packages,
+so edits in the working tree during the benchmark cannot leak into it.
 
-    PYTHONPATH=src python benchmarks/demo_wall_time.py --before 881352e [--preset default] [--out runs/bench_demo_time]
+    python benchmarks/demo_wall_time.py --before 881352e [--after HEAD] [--preset default] [--out runs/bench_demo_time]
 
 Prints and writes OUT/results.md and OUT/results.json: wall time and the demo's own phase timings
 (``metrics.json``: data, teachers, distillation, label-only student, evaluation), peak RSS, and the
@@ -74,24 +75,28 @@ def markdown(results: dict[str, Any]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--before", required=True, help="git ref of the earlier release")
+    parser.add_argument("--after", default="HEAD", help="git ref of the release to compare (default HEAD)")
     parser.add_argument("--preset", default="default")
     parser.add_argument("--out", default="runs/bench_demo_time")
     args = parser.parse_args()
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    before_tree = out / "before_tree"
-    if before_tree.exists():
-        subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(before_tree)], check=False)
-    subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--force", "--detach", str(before_tree), args.before],
-                   check=True, capture_output=True)
-    after_ref = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
-                               text=True).stdout.strip()
-    trees = {"before": before_tree / "src", "after": REPO / "src"}
+    refs = {"before": args.before, "after": args.after}
+    trees = {}
+    for name, ref in refs.items():
+        tree = out / f"{name}_tree"
+        if tree.exists():
+            subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(tree)], check=False)
+        subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--force", "--detach", str(tree), ref],
+                       check=True, capture_output=True)
+        trees[name] = tree / "src"
+    commits = {name: subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", ref], capture_output=True,
+                                    text=True).stdout.strip() for name, ref in refs.items()}
     for name in trees:
         shutil.rmtree(out / f"cache_{name}", ignore_errors=True)
     order = [("before", "cold"), ("after", "cold"), ("before", "warm"), ("after", "warm")]
-    meta = {"command": "PYTHONPATH=src python benchmarks/demo_wall_time.py " + " ".join(sys.argv[1:]),
-            "before": args.before, "after": f"{after_ref} (working tree)", "preset": args.preset,
+    meta = {"command": "python benchmarks/demo_wall_time.py " + " ".join(sys.argv[1:]),
+            "before": commits["before"], "after": commits["after"], "preset": args.preset,
             "cpus": os.cpu_count(), "load_start": os.getloadavg()[0], "order": [f"{t} {k}" for t, k in order]}
     results: dict[str, Any] = {"meta": meta, "runs": {}}
     for tree, kind in order:
@@ -102,7 +107,9 @@ def main() -> None:
         (out / "results.json").write_text(json.dumps(results, indent=2))
     (out / "results.md").write_text(markdown(results))
     print(markdown(results))
-    subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(before_tree)], check=False)
+    for name in trees:
+        subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(out / f"{name}_tree")],
+                       check=False)
 
 
 if __name__ == "__main__":
