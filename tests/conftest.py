@@ -19,9 +19,10 @@ CLASSES = ["floor", "wall", "box"]
 
 def write_tiny_dataset(root: Path, count: int, *, seed: int, height: int = 32, width: int = 48,
                        labels: tuple[str, ...] | list[tuple[str, ...]] = ("depth", "semseg")) -> Path:
-    """Images of a floor/wall split plus one bright box, with matching depth and class maps."""
+    """Images of a floor/wall split plus one bright box, with matching depth and class maps (and its box with
+    ``"boxes"`` in ``labels``)."""
     rng = np.random.default_rng(seed)
-    for sub in ("images", "depth", "semseg"):
+    for sub in ("images", "depth", "semseg", "boxes"):
         (root / sub).mkdir(parents=True, exist_ok=True)
     (root / "classes.yaml").write_text("names: [floor, wall, box]\nignore_index: 255\n")
     for i in range(count):
@@ -44,6 +45,9 @@ def write_tiny_dataset(root: Path, count: int, *, seed: int, height: int = 32, w
             Image.fromarray((depth * 1000).astype(np.uint16)).save(root / "depth" / f"{sid}.png")
         if "semseg" in these:
             Image.fromarray(sem).save(root / "semseg" / f"{sid}.png")
+        if "boxes" in these:  # the box's pixels, in pixel edges, class 2
+            (root / "boxes" / f"{sid}.json").write_text(json.dumps({"boxes": [[x0, y0, x0 + 12, y0 + 10]],
+                                                                    "labels": [2]}))
     (root / "info.json").write_text(json.dumps({"count": count}))
     return root
 

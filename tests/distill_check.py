@@ -23,6 +23,8 @@ def assert_distills(teacher, num_classes: int | None = None, steps: int = 12, si
             tasks[task] = {"type": "features", "channels": teacher.feature_channels[task], "grid_stride": 8}
         elif task == "semseg":
             tasks[task] = {"num_classes": num_classes or outputs[task].shape[1]}
+        elif task == "detection":
+            tasks[task] = {"num_classes": outputs[task].shape[1] - 4}
         else:
             tasks[task] = {}
     model, task_objects = build_student({"tasks": tasks, "backbone": "test_efficientnet", "neck_channels": 16})

@@ -28,12 +28,15 @@ def test_quick_demo_end_to_end(tmp_path, monkeypatch):
     first = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert first.returncode == 0, first.stdout + first.stderr
     m = json.loads((out / "metrics.json").read_text())
-    for name, task in (("depth_teacher", "depth"), ("seg_teacher", "semseg"), ("depth_teacher_dusk", "depth")):
+    for name, task in (("depth_teacher", "depth"), ("seg_teacher", "semseg"), ("depth_teacher_dusk", "depth"),
+                       ("det_teacher", "detection")):
         assert task in m["teachers"][name]
     for who in ("student", "label_only"):
         assert set(m[who]["depth"]) >= {"abs_rel", "rmse", "delta1"}
         assert set(m[who]["semseg"]) >= {"miou", "pixel_acc"}
         assert 0 < m[who]["semseg"]["miou"] <= 1 and m[who]["depth"]["abs_rel"] > 0
+        assert 0 <= m[who]["detection"]["map50"] <= 1 and set(m[who]["detection"]) >= {"map", "map75"}
+    assert "## Detection (test split)" in (out / "report.md").read_text()
     assert isinstance(m["delta_m_vs_teachers"], float) and isinstance(m["delta_m_label_only_vs_teachers"], float)
     assert m["speed"]["ratio"] == pytest.approx(m["speed"]["teachers_ms"] / m["speed"]["student_ms"])
     assert m["wall_s"] > 0 and m["data"]["test"]["images"] == 32
@@ -49,7 +52,17 @@ def test_quick_demo_end_to_end(tmp_path, monkeypatch):
     # a rerun reuses the cached data and teachers
     second = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert second.returncode == 0, second.stderr
-    assert second.stderr.count("cached at") == 3  # progress and messages go to stderr
+    assert second.stderr.count("cached at") == 4  # progress and messages go to stderr
+
+    # the student predicts depth, classes and boxes in one pass; predict labels boxes with class and distance
+    images = sorted((Path(m["data"]["test"]["folder"]) / "images").iterdir())[:2]
+    pred = subprocess.run([sys.executable, "-m", "polydistill.cli", "predict", str(out / "student"), *map(str, images),
+                           "--out", str(tmp_path / "pred")], capture_output=True, text=True, timeout=300)
+    assert pred.returncode == 0, pred.stdout + pred.stderr
+    found = json.loads((tmp_path / "pred" / f"{images[0].stem}_detection.json").read_text())["detections"]
+    assert all(set(d) == {"box", "class", "score", "median_depth_m"} for d in found)
+    for suffix in ("_depth.png", "_semseg.png", "_detection_vis.png"):
+        assert (tmp_path / "pred" / f"{images[0].stem}{suffix}").stat().st_size > 0
 
 
 def test_teacher_cache_key_ignores_paths_and_progress(tmp_path):

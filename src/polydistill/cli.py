@@ -143,7 +143,8 @@ def predict(
     height: int | None = None,
     width: int | None = None,
 ):
-    """Predict depth (16-bit PNG, mm) and classes (PNG ids) plus visualisations for images."""
+    """Predict depth (16-bit PNG, mm), classes (PNG ids) and boxes (JSON with class, score and distance) plus
+    visualisations for images."""
     from .predict import predict_images
 
     written = predict_images(checkpoint, inputs, out, size=(height, width))

@@ -52,6 +52,10 @@ class DataConfig(StrictModel):
     num_workers: int = Field(0, ge=0)
     augment: AugmentConfig = AugmentConfig()
     labelled_only: bool = Field(False, description="train only on images that carry at least one label")
+    sampler: Literal["random", "per_task"] = Field(
+        "random", description="'per_task': every step takes one batch from the images of each labelled task "
+        "(partial labels: tasks get equal images per step however unequal their label counts)"
+    )
 
 
 class StudentConfig(StrictModel):
@@ -145,8 +149,13 @@ class DistillConfig(StrictModel):
     gt_weight: float = Field(1.0, ge=0, description="weight of ground-truth terms")
     teacher_weight: float = Field(1.0, ge=0, description="weight of each teacher term")
     task_weights: dict[str, float] = Field(default_factory=dict, description="per-task multiplier")
-    teacher_weights: dict[str, float] = Field(default_factory=dict, description="per-teacher multiplier")
+    teacher_weights: dict[str, float] = Field(default_factory=dict, description="per-teacher multiplier; a "
+                                              "'task/teacher' key scales one term (0 switches it off)")
     trajectory: TrajectoryConfig | None = Field(None, description="knowledge trajectory against forgetting")
+    teacher_targets: Literal["all", "unlabelled"] = Field(
+        "all", description="teacher terms on every image, or only on images without that task's label (partial "
+        "labels: teachers fill the gaps, the labels alone teach where they exist)"
+    )
     precompute_teachers: bool = Field(
         True, description="run teachers once on un-augmented images (cached on disk) and augment their maps "
         "with the image; false runs them on every augmented batch"

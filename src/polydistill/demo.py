@@ -46,7 +46,7 @@ class Preset:
     width: int
     teacher_images: int  # per teacher (each teacher has its own labelled set)
     pool_images: int
-    pool_label_fraction: float  # labelled share of the pool, split between depth-only and semseg-only
+    pool_label_fraction: float  # labelled share of the pool, split between depth-, semseg- and boxes-only
     val_images: int
     test_images: int
     teacher_backbone: str
@@ -82,18 +82,24 @@ TEACHERS: dict[str, tuple[str, str]] = {
     "depth_teacher": ("depth", "teacher_depth"),
     "seg_teacher": ("semseg", "teacher_semseg"),
     "depth_teacher_dusk": ("depth", "teacher_depth_dusk"),
+    "det_teacher": ("detection", "teacher_boxes"),
 }
 TEACHER_TASKS = {name: task for name, (task, _) in TEACHERS.items()}
 #: the teacher per task that Δm and retention are measured against (the best single-task model)
-REFERENCE_TEACHERS = {"depth": "depth_teacher", "semseg": "seg_teacher"}
+REFERENCE_TEACHERS = {"depth": "depth_teacher", "semseg": "seg_teacher", "detection": "det_teacher"}
+#: ShapeScenes' countable classes (floor and walls are "stuff" without boxes)
+OBJECT_CLASSES = ["crate", "barrel", "cone", "ball", "person"]
 NARROW_DOMAINS = ("dusk",)
 #: the demo student's weighting: JointDistill's validation feedback had the best Δm in the comparison of
 #: every strategy on this setting (benchmarks/weighting.py, 2 seeds; results in benchmarks/results/)
 DEMO_WEIGHTING: dict[str, Any] = {"teacher_weighting": "feedback", "task_weighting": "equal"}
 #: task options of every model in the demo; class balancing helps the small classes in short schedules
-TASK_OPTIONS: dict[str, dict[str, Any]] = {"depth": {}, "semseg": {"class_balance": 0.5}}
+TASK_OPTIONS: dict[str, dict[str, Any]] = {"depth": {}, "semseg": {"class_balance": 0.5},
+                                           "detection": {"class_names": OBJECT_CLASSES}}
 #: the students' options add the distillation temperature (T = 2 beat 1 and 4 on validation mIoU)
-STUDENT_TASK_OPTIONS: dict[str, dict[str, Any]] = {"depth": {}, "semseg": {"class_balance": 0.5, "temperature": 2.0}}
+STUDENT_TASK_OPTIONS: dict[str, dict[str, Any]] = {"depth": {}, "semseg": {"class_balance": 0.5, "temperature": 2.0},
+                                                   "detection": {"class_names": OBJECT_CLASSES}}
+DEMO_TASKS = ("depth", "semseg", "detection")
 
 
 def cache_root() -> Path:
@@ -105,13 +111,15 @@ def fingerprint(obj: Any) -> str:
 
 
 def _pool_labels(preset: Preset, seed: int) -> list[tuple[str, ...]]:
-    """Mostly unlabelled pool; the labelled share is split between depth-only and semseg-only images."""
+    """Mostly unlabelled pool; the labelled share is split between depth-only, semseg-only and boxes-only
+    images (each labelled image carries one kind of label)."""
     n = preset.pool_images
     labelled = int(round(n * preset.pool_label_fraction))
     order = np.random.default_rng(seed).permutation(n)
     labels: list[tuple[str, ...]] = [()] * n
+    kinds = (("depth",), ("semseg",), ("boxes",))
     for rank, i in enumerate(order[:labelled]):
-        labels[i] = ("depth",) if rank % 2 == 0 else ("semseg",)
+        labels[i] = kinds[rank % 3]
     return labels
 
 
@@ -129,6 +137,7 @@ def generate_data(preset: Preset, seed: int, workers: int | None) -> tuple[dict[
         "val": (preset.val_images, all_labels, None),
         "test": (preset.test_images, all_labels, None),
         "teacher_depth_dusk": (preset.teacher_images, ("depth",), NARROW_DOMAINS),
+        "teacher_boxes": (preset.teacher_images, ("boxes",), None),
     }
     splits, fps = {}, {}
     for i, (name, (count, labels, domains)) in enumerate(plan.items()):
@@ -250,7 +259,7 @@ def run_demo(out: str | Path, preset_name: str = "default", *, seed: int = 0, wo
     metrics["preset"] = {"name": preset_name, **asdict(preset)}
     metrics["data"] = {}
     for name, folder in splits.items():
-        data = FolderDataset(folder, ("depth", "semseg"))
+        data = FolderDataset(folder, DEMO_TASKS)
         metrics["data"][name] = {"folder": str(folder), "images": len(data), **data.label_counts()}
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     write_demo_report(out, metrics, splits["test"], teacher_runs)
@@ -258,7 +267,7 @@ def run_demo(out: str | Path, preset_name: str = "default", *, seed: int = 0, wo
 
 
 def test_set(preset: Preset, splits: dict[str, Path]) -> FolderDataset:
-    return FolderDataset(splits["test"], ("depth", "semseg"), image_size=(preset.height, preset.width))
+    return FolderDataset(splits["test"], DEMO_TASKS, image_size=(preset.height, preset.width))
 
 
 def evaluate_teachers(teacher_runs: dict[str, Path], test: FolderDataset, device: str
@@ -305,7 +314,8 @@ def evaluate_demo(preset: Preset, splits: dict[str, Path], teacher_runs: dict[st
     results["delta_m"] = {
         "baseline": "the reference single-task teacher of each task on the test split: "
                     + ", ".join(f"{t}: {n}" for t, n in REFERENCE_TEACHERS.items()),
-        "convention": "primary (one primary metric per task: depth abs_rel, semseg miou; averaged over tasks)",
+        "convention": ("primary (one primary metric per task: depth abs_rel, semseg miou, detection map50; "
+                       "averaged over tasks)"),
         "other_conventions": {who: c["other_conventions"] for who, c in compared.items()},
     }
     results["retention"] = {who: c["retention"] for who, c in compared.items()}

@@ -44,10 +44,14 @@ def plot_loss_curves(runs: dict[str, Path], path: Path) -> None:
 
 def plot_validation(runs: dict[str, Path], path: Path) -> None:
     """Primary validation metrics over training (validation split, never the training images)."""
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4))
-    for name, run in runs.items():
-        records = [json.loads(ln) for ln in (run / "val.jsonl").read_text().splitlines() if ln]
-        for ax, (task, metric) in zip(axes, (("depth", "abs_rel"), ("semseg", "miou"))):
+    records_by_run = {name: [json.loads(ln) for ln in (run / "val.jsonl").read_text().splitlines() if ln]
+                      for name, run in runs.items()}
+    seen = {t for records in records_by_run.values() for r in records for t in r["metrics"]}
+    panels = [(t, m) for t, m in (("depth", "abs_rel"), ("semseg", "miou"), ("detection", "map50")) if t in seen]
+    fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(6 * max(1, len(panels)), 4), squeeze=False)
+    axes = axes[0]
+    for name, records in records_by_run.items():
+        for ax, (task, metric) in zip(axes, panels):
             pts = [(r["step"], r["metrics"][task][metric]) for r in records if task in r["metrics"]]
             if pts:
                 ax.plot(*zip(*pts), marker="o", label=name)
@@ -133,10 +137,11 @@ def _strategy_names(run_dir: Path) -> tuple[str, str]:
 @torch.no_grad()
 def plot_samples(test_dir: Path, predictors: dict[str, tuple[Any, dict]], path: Path, image_size,
                  count: int = 4) -> None:
-    """Grid: input, ground truth and every model's depth and segmentation for a few test images."""
-    data = FolderDataset(test_dir, ("depth", "semseg"), image_size=image_size)
+    """Grid: input, ground truth and every model's depth, segmentation and boxes for a few test images."""
+    shown = [t for t in ("depth", "semseg", "detection") if t in predictors["student"][1]]
+    data = FolderDataset(test_dir, shown, image_size=image_size)
     columns: list[tuple[str, str, str]] = [("input", "", "")]
-    for task in ("depth", "semseg"):
+    for task in shown:
         columns.append((f"GT {task}", "gt", task))
         columns += [(f"{who} {task}", who, task) for who, (_, tasks) in predictors.items() if task in tasks]
     fig, axes = plt.subplots(count, len(columns), figsize=(1.6 * len(columns), 1.35 * count), squeeze=False)
@@ -155,7 +160,7 @@ def plot_samples(test_dir: Path, predictors: dict[str, tuple[Any, dict]], path: 
                 tasks = predictors[who][1] if who != "gt" else predictors["student"][1]
                 value = sample["targets"][task] if who == "gt" else preds[who][task][0]
                 kw = {"vmin": vmin, "vmax": vmax} if task == "depth" else {}
-                pic = panel(tasks[task], value, image if task == "semseg" else None, **kw)
+                pic = panel(tasks[task], value, image if tasks[task].target_is_label else None, **kw)
             ax.imshow(pic)
             ax.set_xticks([])
             ax.set_yticks([])
@@ -172,7 +177,7 @@ def _metric_table(metrics: dict[str, Any], task: str, keys: list[str]) -> list[s
     entries += [("**distilled student**", metrics["student"][task]),
                 ("label-only student", metrics["label_only"][task])]
     for name, values in entries:
-        rows.append(f"| {name} | " + " | ".join(_fmt(values[k]) for k in keys) + " |")
+        rows.append(f"| {name} | " + " | ".join(_fmt(values[k]) if k in values else "n/a" for k in keys) + " |")
     return rows
 
 
@@ -198,6 +203,7 @@ def write_demo_report(out: Path, metrics: dict[str, Any], test_dir: Path, teache
 
     s = metrics["speed"]
     classes = sorted(k for k in metrics["student"]["semseg"] if k.startswith("iou/"))
+    ap_classes = sorted(k for k in metrics["student"].get("detection", {}) if k.startswith("ap50/"))
     lines = [
         "# polydistill demo report", "",
         f"Preset `{metrics['preset']['name']}` at {size[0]}×{size[1]}; test split: "
@@ -205,6 +211,9 @@ def write_demo_report(out: Path, metrics: dict[str, Any], test_dir: Path, teache
         "## Depth (test split)", "", *_metric_table(metrics, "depth", ["abs_rel", "rmse", "delta1"]), "",
         "## Semantic segmentation (test split)", "", *_metric_table(metrics, "semseg", ["miou", "pixel_acc"]), "",
         "### Per-class IoU", "", *_metric_table(metrics, "semseg", classes), "",
+        *(["## Detection (test split)", "", *_metric_table(metrics, "detection", ["map50", "map", "map75"]), "",
+           "### Per-class AP@0.5", "", *_metric_table(metrics, "detection", ap_classes), ""]
+          if "detection" in metrics["student"] else []),
         "## Multi-task summary", "",
         f"- Δm of the distilled student vs the teachers: **{metrics['delta_m_vs_teachers']:+.2f} %** "
         f"(label-only student: {metrics['delta_m_label_only_vs_teachers']:+.2f} %). "

@@ -76,6 +76,16 @@ def resolve_task_options(cfg: RunConfig, dataset: FolderDataset,
         opts.setdefault("num_classes", dataset.num_classes)
         opts.setdefault("class_names", list(dataset.class_names))
         opts.setdefault("ignore_index", dataset.ignore_index)
+    if "detection" in tasks:
+        opts = tasks["detection"]
+        names = list(dataset.class_names)
+        opts.setdefault("class_names", names)
+        unknown = [n for n in opts["class_names"] if n not in names]
+        if unknown:
+            raise ConfigError(f"tasks.detection.class_names has {unknown}, which {cfg.data.train}/classes.yaml does "
+                              f"not list ({names}); detection classes are a subset of the dataset's classes")
+        opts.setdefault("num_classes", len(opts["class_names"]))
+        opts.setdefault("source_ids", [names.index(n) for n in opts["class_names"]])
     return tasks
 
 
@@ -111,9 +121,15 @@ def check_names(cfg: RunConfig) -> None:
     if cfg.train.mixed_precision == "fp16" and not torch.cuda.is_available():
         raise ConfigError("train.mixed_precision=fp16 needs a GPU; on the CPU use bf16 or 'no'")
     names = [t.name for t in cfg.teachers]
+    pairs = [f"{task}/{t.name}" for t in cfg.teachers for task in (t.tasks or [])]
     for key in list(cfg.distill.teacher_weights):
-        if key not in names:
-            raise ConfigError(f"distill.teacher_weights has unknown teacher '{key}'{did_you_mean(key, names)}")
+        if key not in names and key not in pairs:
+            raise ConfigError(f"distill.teacher_weights has unknown teacher '{key}' (a teacher name, or task/teacher "
+                              f"for one term){did_you_mean(key, names + pairs)}")
+    for name, opts in cfg.tasks.items():
+        by = (opts or {}).get("weight_by")
+        if by is not None and task_type(by, cfg.tasks.get(by)) != "detection":
+            raise ConfigError(f"tasks.{name}.weight_by is '{by}': it must name the config's detection task")
 
 
 def build_datasets(cfg: RunConfig) -> tuple[Dataset, FolderDataset, FolderDataset | None]:
@@ -156,7 +172,10 @@ def cache_teachers(cfg: RunConfig, root: str | Path | None = None, *, rebuild: b
     student_classes = None
     if "semseg" in cfg.tasks:
         student_classes = cfg.tasks["semseg"].get("class_names") or list(plain.class_names)
-    teachers = [build_teacher(t, student_classes) for t in cfg.teachers]
+    detection_classes = None
+    if "detection" in cfg.tasks:
+        detection_classes = cfg.tasks["detection"].get("class_names") or list(plain.class_names)
+    teachers = [build_teacher(t, student_classes, detection_classes) for t in cfg.teachers]
     cfg = cfg.model_copy(deep=True)
     cfg.distill.teacher_cache = str(root)
     folders = {"train": plain}
@@ -168,6 +187,23 @@ def cache_teachers(cfg: RunConfig, root: str | Path | None = None, *, rebuild: b
             shutil.rmtree(root / cache_slot(teachers, dataset), ignore_errors=True)
         out[split] = teacher_cache(cfg, teachers, dataset, root, rebuild=rebuild)
     return out
+
+
+def task_label_groups(dataset: FolderDataset, batch_size: int) -> list[list[int]]:
+    """Per labelled task, the indices of the images that carry its label (``data.sampler: per_task``); a task
+    without any label in the folder (taught by teachers only) gets no group."""
+    groups = []
+    for task in dataset.tasks:
+        group = [i for i in range(len(dataset)) if dataset.has_label(i, task)]
+        if not group:
+            continue
+        if len(group) < batch_size:
+            raise ConfigError(f"data.sampler per_task: only {len(group)} training images carry '{task}' labels, "
+                              f"fewer than one batch of {batch_size}; lower data.batch_size or use sampler random")
+        groups.append(group)
+    if not groups:
+        raise ConfigError(f"data.sampler per_task: no training image in {dataset.root} carries a label")
+    return groups
 
 
 def teacher_validation_metrics(teachers: list[Teacher], tasks: dict, cfg: RunConfig, run_dir: Path, *,
@@ -211,7 +247,10 @@ def train_run(cfg: RunConfig, run_dir: str | Path, *, resume: bool = False,
     student_classes = None
     if "semseg" in cfg.tasks:
         student_classes = cfg.tasks["semseg"].get("class_names") or list(plain_train.class_names)
-    teachers: list[Teacher] = [build_teacher(t, student_classes) for t in cfg.teachers]
+    detection_classes = None
+    if "detection" in cfg.tasks:
+        detection_classes = cfg.tasks["detection"].get("class_names") or list(plain_train.class_names)
+    teachers: list[Teacher] = [build_teacher(t, student_classes, detection_classes) for t in cfg.teachers]
     task_options = resolve_task_options(cfg, plain_train, teachers)
     spec = model_spec(cfg, task_options)
     model, tasks = build_student(spec)
@@ -229,7 +268,10 @@ def train_run(cfg: RunConfig, run_dir: str | Path, *, resume: bool = False,
     teachers_per_task = {t: [teacher.name for teacher in teachers if t in teacher.tasks] for t in tasks}
 
     sampled: Dataset = train_set
-    if cfg.data.labelled_only:
+    task_groups = None
+    if cfg.data.sampler == "per_task":
+        task_groups = task_label_groups(plain_train, cfg.data.batch_size)
+    elif cfg.data.labelled_only:
         sampled = LabelledSubset(train_set, [i for i in range(len(plain_train)) if plain_train.has_any_label(i)])
 
     online: list[Teacher] = []
@@ -251,11 +293,11 @@ def train_run(cfg: RunConfig, run_dir: str | Path, *, resume: bool = False,
     if not online:
         teachers.clear()  # served by the cache from here on: free the networks' memory during training
     objective = Objective(tasks, teachers_per_task, trajectory_tasks=list(scored) if trajectory else None,
-                          teacher_kinds=kinds)
+                          teacher_kinds=kinds, teacher_targets=cfg.distill.teacher_targets)
     trainer = Trainer(
         model=model, spec=spec, tasks=tasks, objective=objective, weighting=weighting, train_set=sampled,
         val_set=val_set, cfg=cfg.train, batch_size=cfg.data.batch_size, num_workers=cfg.data.num_workers,
-        run_dir=run_dir, online_teachers=online, trajectory=trajectory,
+        run_dir=run_dir, online_teachers=online, trajectory=trajectory, task_groups=task_groups,
     )
     fit = trainer.fit(resume=resume, stop_at_step=stop_at_step)
     summary = {

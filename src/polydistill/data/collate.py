@@ -1,8 +1,8 @@
 """Batching samples (the format of :mod:`polydistill.data.folder`) and moving batches to a device.
 
-Dense tensors are stacked; per-sample values of varying size or type (boxes, intrinsics, ids,
-domains) stay lists, so one batch can mix images with and without them. ``batch["teacher"]`` is
-always present and is ``{}`` when the samples carry no teacher maps.
+Dense tensors are stacked; box targets are padded (:func:`pad_boxes`); per-sample values of varying size
+or type (meta boxes, intrinsics, ids, domains) stay lists, so one batch can mix images with and without them.
+``batch["teacher"]`` is always present and is ``{}`` when the samples carry no teacher maps.
 """
 
 from __future__ import annotations
@@ -23,6 +23,18 @@ def _stack(tensors: list[torch.Tensor], what: str) -> torch.Tensor:
             "transform with a fixed output size"
         )
     return torch.stack(tensors)
+
+
+#: targets that are boxes ``(M, 5)`` per sample, padded to ``(B, M_max, 5)`` with class −1
+BOX_TARGETS = {"detection"}
+
+
+def pad_boxes(boxes: list[torch.Tensor]) -> torch.Tensor:
+    """Per-sample ``(M_i, 5)`` boxes -> ``(B, max M_i, 5)``; padding rows are −1 (class −1 = no box)."""
+    out = torch.full((len(boxes), max((len(b) for b in boxes), default=0), 5), -1.0)
+    for i, b in enumerate(boxes):
+        out[i, : len(b)] = b
+    return out
 
 
 def _teacher_layout(sample: dict) -> list[tuple[str, list[str]]]:
@@ -48,10 +60,12 @@ def collate(samples: Sequence[dict]) -> dict:
                 f"({layout} vs {_teacher_layout(sample)}); attach the same teacher outputs to every dataset"
             )
     metas = [s["meta"] for s in samples]
+    boxes = {task for task in tasks if first["targets"][task].ndim == 2 and task in BOX_TARGETS}
     batch = {
         "image": _stack([s["image"] for s in samples], "images"),
         "targets": {
-            task: _stack([s["targets"][task] for s in samples], f"'{task}' targets") for task in tasks
+            task: pad_boxes([s["targets"][task] for s in samples]) if task in boxes
+            else _stack([s["targets"][task] for s in samples], f"'{task}' targets") for task in tasks
         },
         "valid": {task: torch.tensor([bool(s["valid"][task]) for s in samples]) for task in tasks},
         "teacher": {

@@ -14,7 +14,8 @@ Layout (every label folder and every label file is optional)::
 A sample is::
 
     {"image": (3, H, W) float in [0, 1],
-     "targets": {"depth": (1, H, W) metres, "semseg": (H, W) long},   # requested tasks only
+     "targets": {"depth": (1, H, W) metres, "semseg": (H, W) long,    # requested tasks only
+                 "detection": (M, 5) [x0, y0, x1, y1, class_id]},      # the boxes after augmentation
      "valid": {"depth": bool, "semseg": bool},
      "teacher": {name: {task: (C, H, W) float}},                      # only once attached
      "meta": {"id", "index", "domain", "intrinsics", "boxes", "box_labels"}}
@@ -52,9 +53,11 @@ from .transforms import Resize
 TeacherMaps = dict[str, dict[str, torch.Tensor]]
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
-#: label folder -> accepted extensions; a task reads the folder of the same name
+#: label folder -> accepted extensions; a task reads the folder of the same name, detection reads boxes/
 LABEL_EXTENSIONS = {"depth": (".png", ".npy"), "semseg": (".png",), "boxes": (".json",), "meta": (".json",)}
-TASKS = ("depth", "semseg")
+TASKS = ("depth", "semseg", "detection")
+DEFAULT_TASKS = ("depth", "semseg")
+LABEL_FOLDERS = {"depth": "depth", "semseg": "semseg", "detection": "boxes"}
 DEFAULT_IGNORE_INDEX = 255
 
 
@@ -172,7 +175,7 @@ def _read_semseg(path: Path, num_classes: int, ignore_index: int) -> torch.Tenso
     return torch.from_numpy(ids.astype(np.int64))
 
 
-def _read_boxes(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
+def _read_boxes(path: Path, num_classes: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     hint = 'it must look like {"boxes": [[x0, y0, x1, y1], ...], "labels": [class_id, ...]} in pixels'
     data = _read_json(path)
     try:
@@ -186,6 +189,9 @@ def _read_boxes(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
         raise DataError(
             f"{path} has a non-finite box, a box with x1 < x0 or y1 < y0, or a negative label; {hint}"
         )
+    if num_classes is not None and len(labels) and int(labels.max()) >= num_classes:
+        bad = sorted({int(v) for v in labels[labels >= num_classes]})
+        raise DataError(f"{path} has box labels {bad} outside 0..{num_classes - 1}, the classes of classes.yaml")
     return boxes, labels
 
 
@@ -230,7 +236,7 @@ class FolderDataset(torch.utils.data.Dataset):
     def __init__(
         self,
         root: str | Path,
-        tasks: Sequence[str] = TASKS,
+        tasks: Sequence[str] = DEFAULT_TASKS,
         *,
         transform: Callable[[dict, np.random.Generator], dict] | None = None,
         ignore_index: int | None = None,
@@ -264,7 +270,7 @@ class FolderDataset(torch.utils.data.Dataset):
         self._ids = tuple(sorted(images))
         self._images = images
         self._labels: dict[str, dict[str, Path]] = {}
-        for folder in (*self.tasks, "boxes", "meta"):
+        for folder in {LABEL_FOLDERS[t] for t in self.tasks} | {"boxes", "meta"}:
             files, unused = _list_folder(self.root / folder, LABEL_EXTENSIONS[folder])
             self._labels[folder] = {i: p for i, p in files.items() if i in images}
             skipped += unused + [p for i, p in files.items() if i not in images]
@@ -280,9 +286,9 @@ class FolderDataset(torch.utils.data.Dataset):
         path = self.root / "classes.yaml"
         if path.is_file():
             names, yaml_ignore = _read_classes(path)
-        elif "semseg" in self.tasks:
+        elif "semseg" in self.tasks or "detection" in self.tasks:
             raise DataError(
-                f"{path} is missing; semantic segmentation needs it: write 'names: [floor, wall, ...]' "
+                f"{path} is missing; segmentation and detection need it: write 'names: [floor, wall, ...]' "
                 "(and optionally 'ignore_index: 255')"
             )
         else:
@@ -318,7 +324,7 @@ class FolderDataset(torch.utils.data.Dataset):
 
     def label_counts(self) -> dict[str, int]:
         """``{task: number of images with that label}``, from the files present (contents unchecked)."""
-        return {task: len(self._labels[task]) for task in self.tasks}
+        return {task: len(self._labels[LABEL_FOLDERS[task]]) for task in self.tasks}
 
     def fingerprint(self) -> str:
         """Identifies the images as this dataset serves them (files, sizes, modification times, resize),
@@ -329,10 +335,14 @@ class FolderDataset(torch.utils.data.Dataset):
             h.update(f"{sample_id}:{st.st_size}:{st.st_mtime_ns};".encode())
         return h.hexdigest()[:16]
 
+    def has_label(self, index: int, task: str) -> bool:
+        """Whether image ``index`` carries a label for ``task``."""
+        return self._ids[index] in self._labels[LABEL_FOLDERS[task]]
+
     def has_any_label(self, index: int) -> bool:
         """Whether image ``index`` carries a label for at least one of the requested tasks."""
         sample_id = self._ids[index]
-        return any(sample_id in self._labels[task] for task in self.tasks)
+        return any(sample_id in self._labels[LABEL_FOLDERS[task]] for task in self.tasks)
 
     def set_epoch(self, epoch: int) -> None:
         """Select the augmentation stream; each epoch sees a different, reproducible augmentation."""
@@ -377,16 +387,19 @@ class FolderDataset(torch.utils.data.Dataset):
         size = tuple(image.shape[-2:])
         sample = {"image": image, "targets": {}, "valid": {}, "meta": self._meta(sample_id, index)}
         for task in self.tasks:
-            path = self._labels[task].get(sample_id)
-            target = self._read_target(task, path, size) if path else self._placeholder(task, size)
-            sample["targets"][task] = target
+            path = self._labels[LABEL_FOLDERS[task]].get(sample_id)
             sample["valid"][task] = path is not None
+            if task != "detection":  # boxes travel in meta through the transforms (see below)
+                sample["targets"][task] = self._read_target(task, path, size) if path else self._placeholder(task, size)
         if self._resize is not None:
             sample = self._resize(sample)
         if self._teacher_source is not None:
             sample["teacher"] = self._teacher_maps(index, tuple(sample["image"].shape[-2:]))
         if self.transform is not None:
             sample = self.transform(sample, np.random.default_rng([self.seed, self._epoch, index]))
+        if "detection" in self.tasks:
+            meta = sample["meta"]
+            sample["targets"]["detection"] = torch.cat([meta["boxes"], meta["box_labels"].float()[:, None]], dim=1)
         return sample
 
     def _read_target(self, task: str, path: Path, size: tuple[int, int]) -> torch.Tensor:
@@ -411,7 +424,7 @@ class FolderDataset(torch.utils.data.Dataset):
         boxes_path = self._labels["boxes"].get(sample_id)
         meta_path = self._labels["meta"].get(sample_id)
         no_boxes = (torch.zeros(0, 4), torch.zeros(0, dtype=torch.int64))
-        boxes, labels = _read_boxes(boxes_path) if boxes_path else no_boxes
+        boxes, labels = _read_boxes(boxes_path, self._num_classes) if boxes_path else no_boxes
         domain, intrinsics = _read_meta(meta_path) if meta_path else (None, None)
         return {
             "id": sample_id,

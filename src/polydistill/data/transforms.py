@@ -29,6 +29,13 @@ from ..errors import DataError
 NEAREST_TARGETS: set[str] = {"semseg", "depth"}
 
 
+#: Teacher maps whose last 4 channels are distances in input pixels from each cell centre to a box's left,
+#: top, right and bottom edges (detection): a flip swaps left and right, a resize scales them.
+DISTANCE_TASKS: set[str] = {"detection"}
+
+DistanceFn = Callable[[torch.Tensor], torch.Tensor]
+
+
 def interpolation_for(group: str, task: str | None = None) -> InterpolationMode:
     """How to resample a dense map: ``group`` is ``"image"``, ``"target"`` or ``"teacher"``.
 
@@ -51,11 +58,12 @@ GridFn = Callable[[torch.Tensor], torch.Tensor]
 
 
 def _map_dense(sample: dict, fn: Callable[[torch.Tensor, InterpolationMode], torch.Tensor],
-               grid_fn: GridFn | None = None) -> dict:
+               grid_fn: GridFn | None = None, distance_fn: DistanceFn | None = None) -> dict:
     """Apply ``fn(map, interpolation)`` to the image and every dense map; returns a new sample.
 
-    A teacher map on a coarser grid than the image (features on a teacher's token grid) goes through
-    ``grid_fn`` instead, which applies the same geometric change in normalised image coordinates.
+    A teacher map on a coarser grid than the image (features on a teacher's token grid, detection on its
+    stride grid) goes through ``grid_fn`` instead, which applies the same geometric change in normalised
+    image coordinates; the box distances of :data:`DISTANCE_TASKS` maps then go through ``distance_fn``.
     """
     size = sample["image"].shape[-2:]
 
@@ -76,12 +84,13 @@ def _map_dense(sample: dict, fn: Callable[[torch.Tensor, InterpolationMode], tor
         task: apply(t, interpolation_for("target", task), f"target '{task}'")
         for task, t in sample.get("targets", {}).items()
     }
+    def teacher(t: torch.Tensor, task: str, what: str) -> torch.Tensor:
+        t = apply(t, interpolation_for("teacher", task), what, grid_ok=True)
+        return distance_fn(t) if distance_fn is not None and task in DISTANCE_TASKS else t
+
     if "teacher" in sample:
         out["teacher"] = {
-            name: {
-                task: apply(t, interpolation_for("teacher", task), f"teacher map '{name}/{task}'", grid_ok=True)
-                for task, t in maps.items()
-            }
+            name: {task: teacher(t, task, f"teacher map '{name}/{task}'") for task, t in maps.items()}
             for name, maps in sample["teacher"].items()
         }
     return out
@@ -119,7 +128,10 @@ def _resize(sample: dict, size: tuple[int, int]) -> dict:
         gh, gw = max(1, round(t.shape[-2] * sy)), max(1, round(t.shape[-1] * sx))
         return F.resize(t, [gh, gw], interpolation=InterpolationMode.BILINEAR, antialias=gh < t.shape[-2])
 
-    out = _map_dense(sample, resize, resize_grid)
+    def scale_distances(t: torch.Tensor) -> torch.Tensor:
+        return torch.cat([t[:-4], t[-4:] * torch.tensor([sx, sy, sx, sy])[:, None, None]])
+
+    out = _map_dense(sample, resize, resize_grid, scale_distances)
     scale = torch.tensor([sx, sy, sx, sy])
     affine = torch.tensor([[sx, 0.0, 0.5 * sx - 0.5], [0.0, sy, 0.5 * sy - 0.5], [0.0, 0.0, 1.0]])
     return _map_geometry(out, lambda b: b * scale, lambda k: affine.to(k) @ k)
@@ -145,7 +157,10 @@ def _crop(sample: dict, top: int, left: int, height: int, width: int) -> dict:
 
 def _hflip(sample: dict) -> dict:
     width = sample["image"].shape[-1]
-    out = _map_dense(sample, lambda t, mode: F.horizontal_flip(t), F.horizontal_flip)
+    def swap_left_right(t: torch.Tensor) -> torch.Tensor:
+        return torch.cat([t[:-4], t[[-2, -3, -4, -1]]])  # (l, t, r, b) -> (r, t, l, b)
+
+    out = _map_dense(sample, lambda t, mode: F.horizontal_flip(t), F.horizontal_flip, swap_left_right)
 
     def flip_intrinsics(k: torch.Tensor) -> torch.Tensor:
         k = k.clone()

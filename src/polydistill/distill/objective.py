@@ -59,7 +59,12 @@ class Objective:
     """Computes the loss table from raw student outputs, the batch targets and teacher outputs."""
 
     def __init__(self, tasks: dict[str, Task], teachers_per_task: dict[str, list[str]],
-                 trajectory_tasks: list[str] | None = None, teacher_kinds: dict[tuple[str, str], str] | None = None):
+                 trajectory_tasks: list[str] | None = None, teacher_kinds: dict[tuple[str, str], str] | None = None,
+                 teacher_targets: str = "all"):
+        if teacher_targets not in ("all", "unlabelled"):
+            raise ValueError(f"teacher_targets must be 'all' or 'unlabelled', got {teacher_targets!r}")
+        #: "unlabelled": a teacher term counts only on the samples without that task's label
+        self.teacher_targets = teacher_targets
         self.tasks = tasks
         self.teachers_per_task = teachers_per_task
         #: (task, teacher) -> the teacher's output convention (e.g. relative depth); "default" otherwise
@@ -99,7 +104,12 @@ class Objective:
                     weight = pixel_weights[teacher]
                     if weight.shape[-2:] != out.shape[-2:]:
                         weight = F.interpolate(weight, size=out.shape[-2:], mode="bilinear", align_corners=False)
+                by = getattr(task, "weight_by", None)  # feature imitation weighted by detection disagreement
+                if by is not None and by in raw and by in teacher_outputs.get(teacher, {}):
+                    weight = self.tasks[by].disagreement(raw[by], teacher_outputs[teacher][by])
                 mask = torch.ones(out.shape[0], dtype=torch.bool, device=out.device)
+                if self.teacher_targets == "unlabelled" and valid is not None:
+                    mask = ~valid.to(out.device)
                 kind = self.teacher_kinds.get((name, teacher), "default")
                 term = LossTerm(task.distill_loss(out, target, weight, kind), mask)
                 if teacher_stats and kind in ("default", "metric"):
@@ -119,7 +129,7 @@ class Objective:
                        valid: torch.Tensor) -> dict[str, torch.Tensor]:
         """The teacher's own loss against the labels (NaN where a sample has none) and mean confidence."""
         teacher_raw = task.raw_from_output(target)
-        if teacher_raw.shape[-2:] != label.shape[-2:]:
+        if not task.box_targets and teacher_raw.shape[-2:] != label.shape[-2:]:
             teacher_raw = F.interpolate(teacher_raw, size=label.shape[-2:], mode="bilinear", align_corners=False)
         error = torch.full((target.shape[0],), float("nan"), device=target.device)
         if bool(valid.any()):

@@ -37,7 +37,7 @@ from ..tasks import Task
 from ..teachers import Teacher
 from .checkpoint import load_training_state, load_weights, save_checkpoint
 from .logging import StepLog, append_jsonl, truncate_after
-from .sampler import EpochSampler
+from .sampler import EpochSampler, TaskBalancedSampler
 from .schedule import warmup_cosine
 
 
@@ -78,7 +78,7 @@ class Trainer:
                  objective: Objective, weighting: Weighting, train_set: Dataset, val_set: Dataset | None,
                  cfg: TrainConfig, batch_size: int, num_workers: int, run_dir: Path,
                  online_teachers: list[Teacher] | None = None, accelerator: Accelerator | None = None,
-                 trajectory: KnowledgeTrajectory | None = None):
+                 trajectory: KnowledgeTrajectory | None = None, task_groups: list[list[int]] | None = None):
         self.cfg = cfg
         self.spec = spec
         self.tasks = tasks
@@ -105,12 +105,14 @@ class Trainer:
         self._shared: torch.Tensor | None = None
         if weighting.needs_rep_grads:
             self._hook_shared_features()
-        self.accum = cfg.grad_accum_steps
+        #: with task groups (data.sampler: per_task) every step takes one micro-batch per group
+        self.task_groups = task_groups
+        self.accum = cfg.grad_accum_steps * (len(task_groups) if task_groups else 1)
         self.sampler_args = dict(
-            size=len(train_set), seed=cfg.seed, batch_size=batch_size,
+            seed=cfg.seed, batch_size=batch_size,
             rank=self.accelerator.process_index, world_size=self.accelerator.num_processes,
         )
-        self.steps_per_epoch = EpochSampler(epoch=0, **self.sampler_args).batches_per_epoch() // self.accum
+        self.steps_per_epoch = self._sampler(0, 0).batches_per_epoch() // self.accum
         if self.steps_per_epoch == 0:
             raise TrainingError(
                 f"the training set has {len(train_set)} images, fewer than one step of {self.accum} batch(es) of "
@@ -188,12 +190,20 @@ class Trainer:
             model.train()
 
     def _selection_score(self, metrics: dict[str, dict[str, float]]) -> float:
-        """Δm (primary metrics) relative to the first validation: only used to pick the best step."""
-        if self.selection_baseline is None:
-            self.selection_baseline = metrics
-        directions = {t: type(task).metric_directions for t, task in self.tasks.items() if task.has_labels}
+        """Δm (primary metrics) relative to each metric's first usable validation value: only used to pick the
+        best step. A primary metric that starts at 0 (a detector's mAP before it finds anything) has no
+        relative change yet: the score is NaN (every step is "best") until all have a non-zero baseline."""
         primary = {t: type(task).primary_metric for t, task in self.tasks.items() if task.has_labels}
-        return delta_m(metrics, self.selection_baseline, directions, convention="primary", primary=primary)
+        directions = {t: {primary[t]: type(self.tasks[t]).metric_directions[primary[t]]} for t in primary}
+        base = self.selection_baseline = dict(self.selection_baseline or {})
+        for t, m in primary.items():
+            value = metrics.get(t, {}).get(m, float("nan"))
+            if t not in base and math.isfinite(value) and value != 0:
+                base[t] = {m: value}
+        if set(base) != set(primary):
+            return float("nan")
+        core = {t: {m: metrics[t][m]} for t, m in primary.items()}
+        return delta_m(core, base, directions, convention="primary", primary=primary)
 
     # ------------------------------------------------------------------------------------- training
 
@@ -226,10 +236,15 @@ class Trainer:
             norms[task] = grad.float().norm() if grad is not None else torch.zeros((), device=loss.device)
         return norms
 
+    def _sampler(self, epoch: int, skip_batches: int) -> EpochSampler | TaskBalancedSampler:
+        if self.task_groups:
+            return TaskBalancedSampler(self.task_groups, epoch=epoch, skip_batches=skip_batches, **self.sampler_args)
+        return EpochSampler(len(self.train_set), epoch=epoch, skip_batches=skip_batches, **self.sampler_args)
+
     def _loader(self, epoch: int, skip_batches: int) -> DataLoader:
         if hasattr(self.train_set, "set_epoch"):
             self.train_set.set_epoch(epoch)
-        sampler = EpochSampler(epoch=epoch, skip_batches=skip_batches, **self.sampler_args)
+        sampler = self._sampler(epoch, skip_batches)
         return DataLoader(self.train_set, batch_size=self.batch_size, sampler=sampler, drop_last=True,
                           collate_fn=collate, num_workers=self.num_workers,
                           persistent_workers=False, pin_memory=self.device.type == "cuda")

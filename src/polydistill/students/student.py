@@ -47,7 +47,8 @@ class Student(nn.Module):
     ``features`` task beside the backbone and a router per dense task mixing the stem and the paths
     (:mod:`.sak`), each path and each mixture through its own neck (a shared neck's batch-norm statistics
     would average over inputs with different distributions and be wrong for all of them at inference).
-    Dense outputs are upsampled to the input size; features maps keep their token grid.
+    Dense outputs are upsampled to the input size; features maps keep their token grid and detection its
+    stride grid.
     """
 
     def __init__(self, tasks: dict[str, Task], backbone: str = "mobilenetv3_small_100",
@@ -57,8 +58,9 @@ class Student(nn.Module):
         if layout not in LAYOUTS:
             raise ConfigError(f"unknown student layout '{layout}'{did_you_mean(layout, LAYOUTS)}")
         self.task_names = list(tasks)
-        self.feature_tasks = [n for n, t in tasks.items() if not t.dense_output]
-        self.dense_tasks = [n for n, t in tasks.items() if t.dense_output]
+        self.feature_tasks = [n for n, t in tasks.items() if not t.has_labels]  # teachers' representations
+        self.label_tasks = [n for n, t in tasks.items() if t.has_labels]  # what the deployed model predicts
+        self.upsampled = [n for n, t in tasks.items() if t.dense_output]  # outputs at the input size
         self.layout = layout
         self.backbone = create_backbone(backbone, pretrained)
         channels = self.backbone.feature_info.channels()
@@ -77,7 +79,7 @@ class Student(nn.Module):
             self.paths = nn.ModuleDict({n: AdapterPath(channels, adapter_ratio) for n in self.feature_tasks})
             experts = 1 + len(self.feature_tasks)
             self.routers = nn.ModuleDict(
-                {n: nn.ModuleList(MoRRouter(c, experts) for c in channels) for n in self.dense_tasks}
+                {n: nn.ModuleList(MoRRouter(c, experts) for c in channels) for n in self.label_tasks}
             )
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
@@ -93,13 +95,13 @@ class Student(nn.Module):
         else:
             paths = {name: path(feats) for name, path in self.paths.items()}
             inputs = {name: self.necks[name](paths[name]) for name in self.feature_tasks if name in self.heads}
-            for name in self.dense_tasks:
+            for name in self.label_tasks:
                 mixed = [router(f, [f, *(p[level] for p in paths.values())])
                          for level, (router, f) in enumerate(zip(self.routers[name], feats))]
                 inputs[name] = self.necks[name](mixed)
         for name, head in self.heads.items():
             y = head(inputs[name])
-            if name in self.dense_tasks:
+            if name in self.upsampled:
                 y = F.interpolate(y, size=size, mode="bilinear", align_corners=False)
             out[name] = y
         return out
@@ -112,7 +114,7 @@ class Student(nn.Module):
             del model.heads[name]
             if self.layout == "sak":
                 del model.necks[name]
-        model.task_names = list(self.dense_tasks)
+        model.task_names = list(self.label_tasks)
         return model
 
 

@@ -8,7 +8,7 @@ from .base import Metric, Task
 
 TASKS: Registry[type[Task]] = Registry("task")
 
-from . import depth, features, semseg  # noqa: E402,F401  (registers the built-in tasks)
+from . import depth, detection, features, semseg  # noqa: E402,F401  (registers the built-in tasks)
 
 __all__ = ["TASKS", "Metric", "Task", "build_task", "task_type"]
 

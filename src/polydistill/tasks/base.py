@@ -55,8 +55,11 @@ class Task(ABC):
     target_is_label: ClassVar[bool]
     #: whether datasets carry labels for the task (a features task learns from teachers only)
     has_labels: ClassVar[bool] = True
-    #: whether the head's output is upsampled to the input size (a features map keeps its token grid)
+    #: whether the head's output is upsampled to the input size (a features map keeps its token grid,
+    #: detection its stride grid)
     dense_output: ClassVar[bool] = True
+    #: whether targets are boxes ``(M, 5)`` per image (padded in a batch) rather than a dense map
+    box_targets: ClassVar[bool] = False
     #: the instance's name in the config (``tasks: {dino: {type: features}}`` names a features task 'dino')
     name: str
 

@@ -82,11 +82,14 @@ class FeatureHead(nn.Module):
 
 
 def feature_loss(student: torch.Tensor, target: torch.Tensor, cos_weight: float, l1_weight: float,
-                 token_weight: torch.Tensor | None = None) -> torch.Tensor:
-    """Per-sample DUNE/SAK loss between ``(B, D, h, w)`` maps on the same grid, averaged over tokens."""
+                 token_weight: torch.Tensor | None = None, mse_weight: float = 0.0) -> torch.Tensor:
+    """Per-sample loss between ``(B, D, h, w)`` maps on the same grid, averaged over tokens: DUNE/SAK's
+    cosine + smooth-L1, plus ``mse_weight`` · mean squared error over channels (FPN feature imitation)."""
     s, t = student.float(), target.float()
     per_token = cos_weight * (1 - F.cosine_similarity(s, t, dim=1))
     per_token = per_token + l1_weight * F.smooth_l1_loss(s, t, reduction="none", beta=1.0).mean(1)
+    if mse_weight:
+        per_token = per_token + mse_weight * (s - t).pow(2).mean(1)
     if token_weight is not None:
         per_token = per_token * token_weight[:, 0]
     return per_token.flatten(1).mean(1)
@@ -99,7 +102,10 @@ class FeaturesTask(Task):
     Options: ``channels`` (the teacher's feature channels; filled in from the teacher when omitted),
     ``projector`` (``linear`` / ``mlp`` / ``transformer``), ``norm`` (``standardize`` / ``phi_s`` / ``none``),
     ``grid_stride`` (input pixels per student token, a multiple of the neck stride; 16 by default, DINOv2's
-    patch 14 is met by resizing the student's grid to the teacher's), ``cos_weight`` / ``l1_weight``.
+    patch 14 is met by resizing the student's grid to the teacher's), ``cos_weight`` / ``l1_weight`` /
+    ``mse_weight`` (the loss terms), ``weight_by`` (a detection task: weight each token by how much the
+    student's and this teacher's class heat-maps disagree there — PDF-Distil's prediction-disagreement
+    weighting for feature imitation; the teacher must also teach that detection task).
     """
 
     name = "features"
@@ -111,17 +117,20 @@ class FeaturesTask(Task):
     dense_output = False
 
     def __init__(self, channels: int | None = None, projector: str = "mlp", norm: str = "standardize",
-                 grid_stride: int = 16, cos_weight: float = 0.5, l1_weight: float = 0.5):
+                 grid_stride: int = 16, cos_weight: float = 0.5, l1_weight: float = 0.5, mse_weight: float = 0.0,
+                 weight_by: str | None = None):
         if projector not in PROJECTORS:
             raise ConfigError(f"unknown features projector '{projector}'{did_you_mean(projector, PROJECTORS)}")
         if norm not in NORMS:
             raise ConfigError(f"unknown features norm '{norm}'{did_you_mean(norm, NORMS)}")
         if channels is not None and (not isinstance(channels, int) or channels < 1):
             raise ConfigError(f"features channels must be a positive integer, got {channels!r}")
-        if grid_stride < 1 or cos_weight < 0 or l1_weight < 0 or cos_weight + l1_weight == 0:
-            raise ConfigError("features grid_stride must be >= 1 and cos_weight, l1_weight >= 0 with a positive sum")
+        if grid_stride < 1 or min(cos_weight, l1_weight, mse_weight) < 0 or cos_weight + l1_weight + mse_weight == 0:
+            raise ConfigError("features grid_stride must be >= 1 and cos_weight, l1_weight, mse_weight >= 0 with a "
+                              "positive sum")
         self.channels, self.projector, self.norm = channels, projector, norm
         self.grid_stride, self.cos_weight, self.l1_weight = int(grid_stride), float(cos_weight), float(l1_weight)
+        self.mse_weight, self.weight_by = float(mse_weight), weight_by
         self._target_norm: TeacherNorm | None = None
 
     @property
@@ -168,7 +177,7 @@ class FeaturesTask(Task):
             raw = F.interpolate(raw, size=grid, mode="bilinear", align_corners=False)
         if pixel_weight is not None and pixel_weight.shape[-2:] != grid:
             pixel_weight = F.interpolate(pixel_weight, size=grid, mode="bilinear", align_corners=False)
-        return feature_loss(raw, target, self.cos_weight, self.l1_weight, pixel_weight)
+        return feature_loss(raw, target, self.cos_weight, self.l1_weight, pixel_weight, self.mse_weight)
 
     def new_metric(self) -> Metric:
         raise TypeError("a features task has no labels to score")

@@ -103,7 +103,7 @@ class Teacher(nn.Module, ABC):
         """``images``: ``(B, 3, H, W)`` RGB in ``[0, 1]`` → ``{task: task-space output}``.
 
         Feature maps ``(B, C, h, w)`` keep the teacher's own token grid (the features task aligns the
-        student to it); every other map is resized to the input size.
+        student to it) and detection maps their stride grid; every other map is resized to the input size.
         """
         out = self._predict(images)
         size = images.shape[-2:]
@@ -114,6 +114,9 @@ class Teacher(nn.Module, ABC):
                 if value.dim() != 4 or value.shape[1] != self.feature_channels[t]:
                     raise RuntimeError(f"teacher '{self.name}' returned features of shape {tuple(value.shape)} for "
                                        f"'{t}'; expected (B, {self.feature_channels[t]}, h, w)")
+                result[t] = value
+                continue
+            if t == "detection":  # on its stride grid, distances in input pixels (tasks/detection.py)
                 result[t] = value
                 continue
             if value.dim() == 3:

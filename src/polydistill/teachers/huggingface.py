@@ -3,7 +3,8 @@
 :func:`build_hf_teacher` (the ``hf`` source) reads the model's config and picks the adapter: vision encoders
 (DINOv2 with or without registers, CLIP, SigLIP, SAM's image encoder) become a
 :class:`~polydistill.teachers.hf_features.HuggingFaceFeatureTeacher` for a features task (see that module);
-everything else a :class:`HuggingFaceTeacher`, described here.
+object detectors (DETR family) a :class:`~polydistill.teachers.hf_detection.HuggingFaceDetectionTeacher` for the
+detection task (see that module); everything else a :class:`HuggingFaceTeacher`, described here.
 
 Supported (tested on tiny random-weight models built from a config and saved to a folder, the same
 ``from_pretrained`` path a user with internet takes):
@@ -66,9 +67,11 @@ def load_pretrained(loader: Any, path: str, name: str, **kwargs: Any) -> Any:
 
 
 def build_hf_teacher(**kwargs: Any) -> Teacher:
-    """The ``hf`` source: a feature teacher for vision encoders, else a depth / segmentation teacher."""
+    """The ``hf`` source: a feature teacher for vision encoders, a detection teacher for object detectors
+    (:mod:`~polydistill.teachers.hf_detection`), else a depth / segmentation teacher."""
     import transformers
 
+    from .hf_detection import HuggingFaceDetectionTeacher, detection_model_types, is_detection_config
     from .hf_features import FEATURE_MODEL_TYPES, HuggingFaceFeatureTeacher
 
     options = kwargs.get("options") or {}
@@ -76,6 +79,12 @@ def build_hf_teacher(**kwargs: Any) -> Teacher:
     if isinstance(options, dict) and options.get("revision"):
         load_kwargs["revision"] = options["revision"]
     config = load_pretrained(transformers.AutoConfig, kwargs["path"], kwargs["name"], **load_kwargs)
+    if is_detection_config(config):
+        return HuggingFaceDetectionTeacher(**kwargs)
+    if config.model_type in detection_model_types()[1]:
+        raise ConfigError(f"teacher '{kwargs['name']}': {config.model_type} is a text-prompted detector; hf "
+                          "detection teachers cover closed-vocabulary detectors (DETR, RT-DETR, YOLOS...)")
+    kwargs.pop("student_detection_classes", None)
     if config.model_type in FEATURE_MODEL_TYPES:
         return HuggingFaceFeatureTeacher(**kwargs)
     return HuggingFaceTeacher(**kwargs)

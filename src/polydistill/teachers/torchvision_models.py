@@ -2,7 +2,7 @@
 
 Supported builders are those of ``torchvision.models.segmentation``: ``deeplabv3_resnet50``,
 ``deeplabv3_resnet101``, ``deeplabv3_mobilenet_v3_large``, ``fcn_resnet50``, ``fcn_resnet101`` and
-``lraspp_mobilenet_v3_large``. They teach ``semseg`` only (detection teachers come later): the input,
+``lraspp_mobilenet_v3_large``. They teach ``semseg`` only (detection builders: torchvision_detection): the input,
 RGB in ``[0, 1]``, is normalised with the weights' mean/std (ImageNet's), the model runs at the input
 resolution and its ``out`` logits are the answer; the base class resizes them and applies the class map.
 
@@ -93,7 +93,8 @@ class TorchvisionTeacher(Teacher):
 
         chosen = list(tasks or ["semseg"])
         if chosen != ["semseg"]:
-            raise ConfigError(f"teacher '{name}': torchvision teachers teach semseg only (detection comes later); "
+            raise ConfigError(f"teacher '{name}': torchvision segmentation models teach semseg only (a "
+                              "detection builder such as fasterrcnn_resnet50_fpn teaches detection); "
                               f"got tasks {chosen}")
         if depth_convention not in (None, "metric"):
             raise ConfigError(f"teacher '{name}': depth_convention means nothing for a semseg teacher; remove it")

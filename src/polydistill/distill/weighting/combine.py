@@ -78,7 +78,8 @@ class Weighting(nn.Module):
                 if aux is not None:
                     out.aux.append(aux)
                 for k, term in terms.items():
-                    static = self.cfg.teacher_weight * self.cfg.teacher_weights.get(k, 1.0)
+                    static = self.cfg.teacher_weight * self.cfg.teacher_weights.get(
+                        f"{name}/{k}", self.cfg.teacher_weights.get(k, 1.0))
                     parts.append(static * masked_mean(weights[k] * term.per_sample, term.mask))
                     shown = weights[k] * term.stats["pixel_weight"] if "pixel_weight" in term.stats else weights[k]
                     mean_w = float(masked_mean(shown.detach().float(), term.mask))
