@@ -182,3 +182,17 @@ def test_a_detection_teacher_map_follows_flip_and_zoom_like_its_boxes():
             match = got[labels == label]
             assert len(match) >= 1
             assert (match - box).abs().max(1).values.min() < 4.0, (hflip, scale, match, box)
+
+
+def test_coco_style_box_files_read_like_the_native_ones(tmp_path):
+    root = write_tiny_dataset(tmp_path / "d", 3, seed=3, labels=("semseg", "boxes"))
+    native = FolderDataset(root, ("detection",))[0]["targets"]["detection"]
+    x0, y0, x1, y1, label = native[0].tolist()
+    coco = {"annotations": [{"bbox": [x0, y0, x1 - x0, y1 - y0], "category": "box"},
+                            {"bbox": [1, 2, 3, 4], "category_id": 0}]}
+    (root / "boxes" / "0000.json").write_text(json.dumps(coco))
+    got = FolderDataset(root, ("detection",))[0]["targets"]["detection"]
+    torch.testing.assert_close(got, torch.tensor([[x0, y0, x1, y1, label], [1.0, 2.0, 4.0, 6.0, 0.0]]))
+    (root / "boxes" / "0001.json").write_text(json.dumps({"annotations": [{"bbox": [0, 0, 2, 2], "category": "cat"}]}))
+    with pytest.raises(DataError, match=r"0001\.json.*category 'cat'.*classes\.yaml"):
+        FolderDataset(root, ("detection",))[1]

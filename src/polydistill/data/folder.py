@@ -8,7 +8,8 @@ Layout (every label folder and every label file is optional)::
       depth/<id>.png        uint16 millimetres, 0 = no measurement
       depth/<id>.npy        float32 metres (H, W); 0, nan, inf and negatives = no measurement
       semseg/<id>.png       class ids (mode L or P); ignore_index = unlabelled
-      boxes/<id>.json       {"boxes": [[x0, y0, x1, y1], ...], "labels": [class_id, ...]}  (pixel edges)
+      boxes/<id>.json       {"boxes": [[x0, y0, x1, y1], ...], "labels": [class_id, ...]}  (pixel edges),
+                            or COCO's {"annotations": [{"bbox": [x, y, w, h], "category_id": id}, ...]}
       meta/<id>.json        {"intrinsics": 3x3, "domain": "..."}  (other keys are ignored)
 
 A sample is::
@@ -175,13 +176,39 @@ def _read_semseg(path: Path, num_classes: int, ignore_index: int) -> torch.Tenso
     return torch.from_numpy(ids.astype(np.int64))
 
 
-def _read_boxes(path: Path, num_classes: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    hint = 'it must look like {"boxes": [[x0, y0, x1, y1], ...], "labels": [class_id, ...]} in pixels'
+def _coco_annotations(data: dict, names: Sequence[str], path: Path) -> dict:
+    """COCO-style ``{"annotations": [{"bbox": [x, y, w, h], "category_id": id | "category": name}]}`` ->
+    ``{"boxes": [[x0, y0, x1, y1]], "labels": [...]}``; ids index ``classes.yaml``, names are looked up in it."""
+    boxes, labels = [], []
+    for k, ann in enumerate(data["annotations"]):
+        if not isinstance(ann, dict) or "bbox" not in ann:
+            raise DataError(f"{path}: annotation {k} has no 'bbox' [x, y, width, height]")
+        x, y, w, h = ann["bbox"]
+        if "category" in ann:
+            if ann["category"] not in names:
+                raise DataError(f"{path}: annotation {k} has category '{ann['category']}', which classes.yaml does "
+                                f"not list ({list(names)})")
+            label = list(names).index(ann["category"])
+        elif "category_id" in ann:
+            label = ann["category_id"]
+        else:
+            raise DataError(f"{path}: annotation {k} needs 'category_id' (a classes.yaml index) or 'category'")
+        boxes.append([x, y, x + w, y + h])
+        labels.append(label)
+    return {"boxes": boxes, "labels": labels}
+
+
+def _read_boxes(path: Path, num_classes: int | None = None,
+                names: Sequence[str] = ()) -> tuple[torch.Tensor, torch.Tensor]:
+    hint = ('it must look like {"boxes": [[x0, y0, x1, y1], ...], "labels": [class_id, ...]} in pixels, or COCO\'s '
+            '{"annotations": [{"bbox": [x, y, w, h], "category_id": class_id}, ...]}')
     data = _read_json(path)
     try:
+        if isinstance(data, dict) and "annotations" in data:
+            data = _coco_annotations(data, names, path)
         boxes = torch.tensor(data.get("boxes", []), dtype=torch.float32).reshape(-1, 4)
         labels = torch.tensor(data.get("labels", []), dtype=torch.int64).reshape(-1)
-    except (TypeError, ValueError, RuntimeError) as e:
+    except (TypeError, ValueError, RuntimeError, AttributeError) as e:
         raise DataError(f"{path} is malformed ({_one_line(e)}); {hint}") from e
     if len(boxes) != len(labels):
         raise DataError(f"{path} has {len(boxes)} boxes but {len(labels)} labels; {hint}")
@@ -424,7 +451,7 @@ class FolderDataset(torch.utils.data.Dataset):
         boxes_path = self._labels["boxes"].get(sample_id)
         meta_path = self._labels["meta"].get(sample_id)
         no_boxes = (torch.zeros(0, 4), torch.zeros(0, dtype=torch.int64))
-        boxes, labels = _read_boxes(boxes_path, self._num_classes) if boxes_path else no_boxes
+        boxes, labels = _read_boxes(boxes_path, self._num_classes, self._class_names) if boxes_path else no_boxes
         domain, intrinsics = _read_meta(meta_path) if meta_path else (None, None)
         return {
             "id": sample_id,
