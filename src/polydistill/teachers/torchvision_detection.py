@@ -75,7 +75,7 @@ from ..registry import did_you_mean
 from ..tasks.detection import DetectionTask
 from .base import Teacher, check_option_keys
 from .class_map import ClassMap
-from .torchvision_models import TorchvisionTeacher, cached_weights_path, segmentation_models
+from .torchvision_models import TorchvisionTeacher, build_offline, require_cached, segmentation_models
 from .weights import read_state_dict
 
 OPTION_KEYS = ("weights", "weights_file", "num_classes", "class_names", "min_score", "stride", "min_size", "max_size")
@@ -270,7 +270,7 @@ class TorchvisionDetectionTeacher(BoxTeacher):
             state = read_state_dict(name, Path(weights_file), "options.weights_file")
             if num_classes is None:
                 num_classes = self._infer_num_classes(name, path, state, categories)
-            model = self._build(name, builder, path, num_classes=num_classes)
+            model = build_offline(name, builder, path, num_classes=num_classes)
             try:
                 model.load_state_dict(state, strict=True)
             except RuntimeError as exc:
@@ -278,17 +278,10 @@ class TorchvisionDetectionTeacher(BoxTeacher):
                                   f"with {num_classes} classes (set options.num_classes to match the file): "
                                   f"{str(exc).splitlines()[0]} ...") from exc
         elif weights is not None:
-            cached = cached_weights_path(weights)
-            if not cached.is_file():
-                raise ConfigError(
-                    f"teacher '{name}': torchvision weights {type(weights).__name__}.{weights.name} are not cached "
-                    f"locally (looked for {cached}) and polydistill does not download them. Fix: on a machine with "
-                    f"internet run `python -c \"import torchvision; torchvision.models.get_model('{path}', "
-                    f"weights='{weights.name}')\"` and copy {cached.name} into {cached.parent} (or set TORCH_HOME), "
-                    f"or download {weights.url} yourself and give it as options.weights_file")
-            model = self._build(name, builder, path, weights=weights)
+            require_cached(name, path, weights)
+            model = build_offline(name, builder, path, weights=weights)
         else:
-            model = self._build(name, builder, path, num_classes=num_classes or 91)
+            model = build_offline(name, builder, path, num_classes=num_classes or 91)
 
         num_classes = self._infer_num_classes(name, path, model.state_dict(), None)
         if categories is not None and len(categories) != num_classes:
@@ -334,16 +327,6 @@ class TorchvisionDetectionTeacher(BoxTeacher):
             return len(categories)
         raise ConfigError(f"teacher '{teacher}': cannot tell the number of classes from options.weights_file; "
                           "set options.num_classes")
-
-    @staticmethod
-    def _build(teacher: str, builder, model: str, **kwargs) -> torch.nn.Module:
-        if kwargs.get("weights") is None:
-            kwargs["weights"] = None
-            kwargs["weights_backbone"] = None  # never fetch ImageNet backbone weights either
-        try:
-            return builder(**kwargs)
-        except (NotImplementedError, ValueError) as exc:
-            raise ConfigError(f"teacher '{teacher}': cannot build {model} with {kwargs}: {exc}") from exc
 
     def recipe(self) -> dict[str, Any]:
         return {**super().recipe(), "min_size": self.min_size, "max_size": self.max_size}

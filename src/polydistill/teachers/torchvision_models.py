@@ -69,6 +69,30 @@ def cached_weights_path(weights) -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints" / file_name
 
 
+def require_cached(teacher: str, model: str, weights) -> None:
+    """Stop with how-to-fix instructions when a weights enum member's file is not in the torch hub cache:
+    polydistill never downloads."""
+    cached = cached_weights_path(weights)
+    if not cached.is_file():
+        raise ConfigError(
+            f"teacher '{teacher}': torchvision weights {type(weights).__name__}.{weights.name} are not cached "
+            f"locally (looked for {cached}) and polydistill does not download them. Fix: on a machine with "
+            f"internet run `python -c \"import torchvision; torchvision.models.get_model('{model}', "
+            f"weights='{weights.name}')\"` and copy {cached.name} into {cached.parent} (or set TORCH_HOME), "
+            f"or download {weights.url} yourself and give it as options.weights_file")
+
+
+def build_offline(teacher: str, builder, model: str, **kwargs) -> torch.nn.Module:
+    """``builder(**kwargs)`` without any download: no weights means no backbone weights either."""
+    if kwargs.get("weights") is None:
+        kwargs["weights"] = None
+        kwargs["weights_backbone"] = None
+    try:
+        return builder(**kwargs)
+    except (NotImplementedError, ValueError) as exc:
+        raise ConfigError(f"teacher '{teacher}': cannot build {model} with {kwargs}: {exc}") from exc
+
+
 def _normalisation(weights) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Mean/std of the weights' own preprocessing, ImageNet's when it does not say."""
     if weights is None:
@@ -134,14 +158,7 @@ class TorchvisionTeacher(Teacher):
                                   f"with {num_classes} classes (set options.num_classes / aux_loss to match "
                                   f"the file): {str(exc).splitlines()[0]} ...") from exc
         elif weights is not None:
-            cached = cached_weights_path(weights)
-            if not cached.is_file():
-                raise ConfigError(
-                    f"teacher '{name}': torchvision weights {type(weights).__name__}.{weights.name} are not cached "
-                    f"locally (looked for {cached}) and polydistill does not download them. Fix: on a machine with "
-                    f"internet run `python -c \"import torchvision; torchvision.models.get_model('{path}', "
-                    f"weights='{weights.name}')\"` and copy {cached.name} into {cached.parent} (or set TORCH_HOME), "
-                    f"or download {weights.url} yourself and give it as options.weights_file")
+            require_cached(name, path, weights)
             model = self._build(name, builder, path, weights=weights)
         else:
             model = self._build(name, builder, path, num_classes=num_classes or 21, aux_loss=bool(aux_loss))
@@ -188,15 +205,9 @@ class TorchvisionTeacher(Teacher):
 
     @staticmethod
     def _build(teacher: str, builder, model: str, **kwargs) -> torch.nn.Module:
-        if kwargs.get("weights") is None:
-            kwargs["weights"] = None
-            kwargs["weights_backbone"] = None  # never fetch ImageNet backbone weights either
         if not kwargs.get("aux_loss"):
             kwargs.pop("aux_loss", None)  # lraspp refuses the argument; the others default to False
-        try:
-            return builder(**kwargs)
-        except (NotImplementedError, ValueError) as exc:
-            raise ConfigError(f"teacher '{teacher}': cannot build {model} with {kwargs}: {exc}") from exc
+        return build_offline(teacher, builder, model, **kwargs)
 
     @staticmethod
     def _count_classes(model: torch.nn.Module, num_classes: int | None, categories: list[str] | None) -> int:
