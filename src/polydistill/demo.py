@@ -5,7 +5,8 @@ and a segmentation teacher with larger backbones, trained once and cached by fin
 has many camera images with few labels and wants one small model. So the demo distills both teachers
 into one small student on the whole image pool (teacher targets plus the pool's few labels), trains a
 label-only student on the same pool's labels with the same budget, evaluates everything on a held-out
-test split and writes ``metrics.json``, ``report.md`` (with plots) and the student checkpoint.
+test split and writes ``metrics.json``, ``report.md`` (with plots), ``report.html`` (the same in one
+self-contained page) and the student checkpoint.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from .evaluation.delta_m import delta_m, retention
 from .evaluation.evaluate import evaluate, student_predictor
 from .evaluation.report import load_student
 from .evaluation.speed import count_parameters, measure_latency
+from .html_report import write_html_report
 from .report import write_demo_report
 from .run import train_run
 from .teachers import CheckpointTeacher
@@ -96,9 +98,13 @@ DEMO_WEIGHTING: dict[str, Any] = {"teacher_weighting": "feedback", "task_weighti
 #: task options of every model in the demo; class balancing helps the small classes in short schedules
 TASK_OPTIONS: dict[str, dict[str, Any]] = {"depth": {}, "semseg": {"class_balance": 0.5},
                                            "detection": {"class_names": OBJECT_CLASSES}}
-#: the students' options add the distillation temperature (T = 2 beat 1 and 4 on validation mIoU)
-STUDENT_TASK_OPTIONS: dict[str, dict[str, Any]] = {"depth": {}, "semseg": {"class_balance": 0.5, "temperature": 2.0},
-                                                   "detection": {"class_names": OBJECT_CLASSES}}
+#: the students' options add the distillation temperature (T = 2 beat 1 and 4 on validation mIoU) and a
+#: deeper detection head: two 3×3 layers of 64 channels raised validation mAP@0.5 from 0.494 to 0.565 (one
+#: layer of 64: 0.492; two of 32: 0.546; three of 64: 0.543; two of 96: 0.557)
+STUDENT_TASK_OPTIONS: dict[str, dict[str, Any]] = {
+    "depth": {}, "semseg": {"class_balance": 0.5, "temperature": 2.0},
+    "detection": {"class_names": OBJECT_CLASSES, "head_convs": 2, "head_channels": 64},
+}
 DEMO_TASKS = ("depth", "semseg", "detection")
 
 
@@ -263,6 +269,7 @@ def run_demo(out: str | Path, preset_name: str = "default", *, seed: int = 0, wo
         metrics["data"][name] = {"folder": str(folder), "images": len(data), **data.label_counts()}
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     write_demo_report(out, metrics, splits["test"], teacher_runs)
+    write_html_report(out)  # report.html: the same story in one self-contained page
     return metrics
 
 

@@ -53,12 +53,16 @@ RAW_DISTANCE_MAX = 8.0  # exp(8) strides: clamp before exp so an untrained head 
 
 
 class DetectionHead(nn.Module):
-    """Shared 3×3 conv, then class logits (prior-probability bias) and four box log-distances."""
+    """``convs`` shared 3×3 conv-BN-ReLU layers, then class logits (prior-probability bias) and four box
+    log-distances."""
 
-    def __init__(self, in_channels: int, hidden: int, num_classes: int):
+    def __init__(self, in_channels: int, hidden: int, num_classes: int, convs: int = 1):
         super().__init__()
-        self.stem = nn.Sequential(nn.Conv2d(in_channels, hidden, 3, padding=1, bias=False), nn.BatchNorm2d(hidden),
-                                  nn.ReLU(inplace=True))
+        layers: list[nn.Module] = []
+        for i in range(convs):
+            layers += [nn.Conv2d(in_channels if i == 0 else hidden, hidden, 3, padding=1, bias=False),
+                       nn.BatchNorm2d(hidden), nn.ReLU(inplace=True)]
+        self.stem = nn.Sequential(*layers)
         self.classes = nn.Conv2d(hidden, num_classes, 1)
         self.box = nn.Conv2d(hidden, 4, 1)
         nn.init.constant_(self.classes.bias, -math.log((1 - PRIOR_PROBABILITY) / PRIOR_PROBABILITY))
@@ -96,7 +100,9 @@ class DetectionTask(Task):
     dataset class id of each detection class; filled from the names — boxes of other dataset classes are
     not detection targets), ``distill`` (``soft``: the teacher's heat-maps and boxes cell by cell;
     ``pseudo``: its decoded boxes above ``pseudo_threshold`` as ground truth), ``box_weight`` (GIoU term),
-    ``score_threshold``, ``nms_iou`` and ``max_detections`` (decoding).
+    ``score_threshold``, ``nms_iou`` and ``max_detections`` (decoding), ``head_channels`` and ``head_convs``
+    (the head's width — default: the student's ``head_channels`` — and its number of 3×3 layers: boxes need
+    more context than a per-pixel class, so a small student gains from a deeper head than its other tasks').
     """
 
     name = "detection"
@@ -110,7 +116,7 @@ class DetectionTask(Task):
     def __init__(self, num_classes: int, class_names: list[str] | None = None, source_ids: list[int] | None = None,
                  distill: str = "soft", pseudo_threshold: float = 0.3, box_weight: float = 1.0,
                  score_threshold: float = 0.05, nms_iou: float = 0.6, max_detections: int = 100,
-                 stride: int = 4):
+                 stride: int = 4, head_channels: int | None = None, head_convs: int = 1):
         if not isinstance(num_classes, int) or num_classes < 1:
             raise ConfigError(f"detection num_classes must be a positive integer, got {num_classes!r}")
         class_names = [f"class_{i}" for i in range(num_classes)] if class_names is None else list(class_names)
@@ -128,6 +134,9 @@ class DetectionTask(Task):
                 raise ConfigError(f"detection {key} must be in [0, 1], got {value}")
         if max_detections < 1 or stride < 1 or box_weight < 0:
             raise ConfigError("detection max_detections and stride must be positive and box_weight >= 0")
+        if head_convs < 1 or (head_channels is not None and head_channels < 1):
+            raise ConfigError(f"detection head_convs and head_channels must be positive, got {head_convs} and "
+                              f"{head_channels}")
         self.num_classes = num_classes
         self.class_names = [str(n) for n in class_names]
         self.source_ids = source_ids
@@ -140,6 +149,8 @@ class DetectionTask(Task):
         self.nms_iou = float(nms_iou)
         self.max_detections = int(max_detections)
         self.stride = int(stride)
+        self.head_channels = None if head_channels is None else int(head_channels)
+        self.head_convs = int(head_convs)
 
     @property
     def out_channels(self) -> int:
@@ -147,7 +158,8 @@ class DetectionTask(Task):
 
     def build_head(self, in_channels: int, hidden: int | None = None, input_stride: int = 4) -> nn.Module:
         self.stride = int(input_stride)
-        return DetectionHead(in_channels, hidden or in_channels, self.num_classes)
+        return DetectionHead(in_channels, self.head_channels or hidden or in_channels, self.num_classes,
+                             convs=self.head_convs)
 
     # -- task space ---------------------------------------------------------------------------------------
     def _check(self, value: torch.Tensor, what: str) -> None:
