@@ -109,7 +109,7 @@ def variant_config(preset, splits: dict[str, Path], teacher_runs: dict[str, Path
                    train_folder: str | Path | None = None) -> dict[str, Any]:
     """The demo student's config for ``steps`` timed steps; no teachers = supervised only (labelled images)."""
     cfg = student_config(preset, splits, teacher_runs, seed=DATA_SEED, progress=False)
-    cfg["train"].update(max_steps=steps, val_every=NO_VALIDATION, log_every=1, threads=threads)
+    cfg["train"].update(max_steps=steps, val_every=NO_VALIDATION, log_every=1, threads=threads, report=False)
     if train_folder is not None:
         cfg["data"]["train"] = str(train_folder)
     if teacher_runs:

@@ -67,7 +67,8 @@ def tiny_config(train: Path, val: Path | None, **train_opts) -> dict:
         "data": {"train": str(train), "val": str(val) if val else None, "height": 32, "width": 48, "batch_size": 4},
         "tasks": {"depth": {}, "semseg": {}},
         "student": {"backbone": "test_efficientnet", "neck_channels": 16},
-        "train": {"max_steps": 6, "lr": 3e-3, "warmup_steps": 2, "val_every": 3, "progress": False, **train_opts},
+        "train": {"max_steps": 6, "lr": 3e-3, "warmup_steps": 2, "val_every": 3, "progress": False, "report": False,
+                  **train_opts},
     }
 
 

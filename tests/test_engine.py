@@ -94,3 +94,24 @@ def test_fp16_without_gpu_is_a_config_error(tiny_data, tmp_path):
     cfg = load_config(base=tiny_config(tiny_data["train"], None, mixed_precision="fp16"))
     with pytest.raises(PolydistillError, match="fp16 .*GPU"):
         train_run(cfg, tmp_path / "run")
+
+
+def test_model_selection_waits_for_a_usable_baseline_of_every_primary_metric():
+    """A detector's mAP of 0.0007 is no baseline: relative to it, noise reads as +100 % and would pick a step
+    whose depth is still diverging. Selection starts once mAP reaches 0.01."""
+    import math
+    from types import SimpleNamespace
+
+    from polydistill.engine.trainer import Trainer
+    from polydistill.tasks import build_task
+
+    state = SimpleNamespace(tasks={"depth": build_task("depth"), "detection": build_task("detection", num_classes=2)},
+                            selection_baseline=None)
+
+    def score(abs_rel, map50):
+        return Trainer._selection_score(state, {"depth": {"abs_rel": abs_rel}, "detection": {"map50": map50}})
+
+    assert math.isnan(score(44.7, 0.0007))
+    assert math.isnan(score(1.69, 0.0008))  # would read +48 % against the first values
+    assert score(0.40, 0.02) == 0.0  # the first usable step is the baseline of both
+    assert score(0.30, 0.03) > 0 > score(0.50, 0.01)

@@ -1,4 +1,5 @@
-"""The ``polydistill`` command line: demo, train, cache, eval, predict, generate, config, modules.
+"""The ``polydistill`` command line: demo, train, cache, report, eval, predict, export, bench, generate, config,
+modules.
 
 Errors the user can fix are printed as one line (what, where, how to fix) with a non-zero exit code;
 anything else is a bug and keeps its traceback.
@@ -113,6 +114,23 @@ def train(
         console.print_json(json.dumps(result.fit.best_metrics))
 
 
+@app.command()
+@friendly_errors
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="a training run directory or a demo output folder")],
+    out: Annotated[Path | None, typer.Option(help="HTML file to write (default: RUN_DIR/report.html)")] = None,
+    data: Annotated[Path | None, typer.Option(help="dataset folder for the sample grid (default: the run's "
+                                                   "validation split, or the demo's test split)")] = None,
+    teachers: Annotated[bool, typer.Option(help="draw the teachers' predictions in the sample grid")] = True,
+):
+    """Write one self-contained HTML report (tables, plots, sample grid) of a training run or a demo output."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a hub teacher that is not cached is skipped, never downloaded
+    from .html_report import write_html_report
+
+    path = write_html_report(run_dir, out, data=data, teachers=teachers)
+    console.print(f"[bold green]done[/]: {path}", highlight=False)
+
+
 @app.command("eval")
 @friendly_errors
 def eval_cmd(
@@ -132,23 +150,6 @@ def eval_cmd(
     if output:
         output.write_text(text)
     console.print_json(text)
-
-
-@app.command()
-@friendly_errors
-def predict(
-    checkpoint: Annotated[Path, typer.Argument(help="checkpoint or run directory")],
-    inputs: Annotated[list[Path], typer.Argument(help="images or folders of images")],
-    out: Annotated[Path, typer.Option(help="output folder")] = Path("runs/predict"),
-    height: int | None = None,
-    width: int | None = None,
-):
-    """Predict depth (16-bit PNG, mm), classes (PNG ids) and boxes (JSON with class, score and distance) plus
-    visualisations for images."""
-    from .predict import predict_images
-
-    written = predict_images(checkpoint, inputs, out, size=(height, width))
-    console.print(f"[bold green]done[/]: {written} images -> {out}")
 
 
 @app.command()
@@ -200,6 +201,17 @@ def modules_cmd(
 
         net = load_student(model, inference=False)[0]
     sys.stdout.write("\n".join(module_paths(net, max_depth=depth)) + "\n")
+
+
+# export, bench latency and predict live in cli_deploy (heavy imports stay inside the commands)
+from .cli_deploy import register as _register_deploy  # noqa: E402
+
+_register_deploy(app, friendly_errors)
+
+# `polydistill data check` lives in cli_data (heavy imports stay inside the command)
+from .cli_data import data_app  # noqa: E402
+
+app.add_typer(data_app, name="data")
 
 
 if __name__ == "__main__":

@@ -44,8 +44,18 @@ class AugmentConfig(StrictModel):
 
 
 class DataConfig(StrictModel):
-    train: str = Field(description="folder dataset used for training")
-    val: str | None = Field(None, description="folder dataset for periodic validation (never the train set)")
+    train: str = Field(description="dataset used for training (a folder, or the NYUv2 .mat file)")
+    val: str | None = Field(None, description="dataset for periodic validation (never the train set; may be the "
+                            "train path with another split)")
+    format: Literal["auto", "folder", "nyuv2", "nyuv2_npy", "cityscapes", "coco"] = Field(
+        "auto", description="dataset layout, read in place; auto detects it from the folder's contents")
+    train_split: str | None = Field(None, description="split of data.train (default: the format's training split, "
+                                    "e.g. train, train2017)")
+    val_split: str | None = Field(None, description="split of data.val (default: the format's validation split, "
+                                  "e.g. val, val2017; NYUv2: test)")
+    format_options: dict[str, Any] = Field(
+        default_factory=dict, description="format settings, checked by the format: nyuv2 {classes: 13|40, "
+        "split_file, depth: depths|rawDepths}; coco {crowd: skip|keep}")
     height: int = Field(96, gt=0, description="images are resized to this size")
     width: int = Field(128, gt=0)
     batch_size: int = Field(16, gt=0)
@@ -188,6 +198,10 @@ class TrainConfig(StrictModel):
     seed: int = 0
     threads: int | None = Field(None, gt=0, description="torch CPU threads (default: torch's choice)")
     progress: bool = True
+    tensorboard: bool = Field(False, description="also log every steps.csv column and validation metric to "
+                              "RUN_DIR/tensorboard/ (needs the tensorboard package)")
+    report: bool = Field(True, description="write RUN_DIR/report.html at the end (student and ground truth on a "
+                         "few validation images; `polydistill report` also draws the teachers)")
     init_from: str | None = Field(
         None, description="start from a polydistill checkpoint's weights (run or checkpoint folder): tensors with "
         "matching names and shapes load, new parts (heads, routers) start fresh — e.g. SAK stage 2 from stage 1")

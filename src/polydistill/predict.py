@@ -1,106 +1,426 @@
-"""``polydistill predict``: a checkpoint and images → per-task files plus visualisations.
+"""``polydistill predict``: a checkpoint or an exported ONNX model, and images, folders, globs or videos →
+per-task files and pictures a person can look at.
 
-Outputs per input image ``<name>``: ``<name>_depth.png`` (uint16 millimetres), ``<name>_semseg.png``
-(uint8 class ids), ``<name>_detection.json`` (boxes in the image's pixels with class, score and the median
-predicted depth inside the box), and ``<name>_<task>_vis.png`` pictures (boxes labelled with class and
-distance).
+The model is a checkpoint/run directory (eager PyTorch) or an ``.onnx`` file from ``polydistill export`` (ONNX
+Runtime; its sidecar JSON — or the copy embedded in the file — says what the outputs are). Both run the same
+preprocessing: the image is resized to the model's training size (``--height/--width`` override) and the
+dense outputs are resized back to the image.
+
+Outputs per image ``<name>`` (a second input with the same name gets ``<name>_2``):
+
+* ``<name>_depth.png`` uint16 millimetres (0 = none) and ``<name>_depth_vis.png`` (image | colour-mapped depth,
+  near = warm);
+* ``<name>_semseg.png`` uint8 class ids and ``<name>_semseg_vis.png`` (image | classes over the image);
+* ``<name>_detection.json`` (boxes in the image's pixels with class, score and the median predicted depth in
+  the box) and ``<name>_detection_vis.png`` (image | boxes labelled "class score distance");
+* ``<name>_<task>.npy`` the model's task-space outputs at its own resolution (float32; see
+  :mod:`polydistill.export` for their meaning), unless ``raw=False``.
+
+Per video ``<name>.mp4|avi|mov|mkv`` (read with OpenCV): ``<name>_pred.mp4`` (or ``.avi`` where the mp4 encoder
+is missing) with every frame as one mosaic (frame with boxes | depth | classes; the depth colours use one range
+for the whole video), the per-frame files above without pictures under ``<name>_frames/`` with
+``video_frames=True``, and frames per second (model only and end to end) in ``summary.json``.
+
+Unreadable inputs: a file named on the command line stops the run with a :class:`DataError` naming it; files
+found through a folder or a glob pattern are skipped, counted and listed in ``summary.json`` and the final
+message, so one bad file in a folder of thousands does not lose the others.
 """
 
 from __future__ import annotations
 
+import glob
 import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
-from .errors import DataError
-from .evaluation.report import load_student
+from .errors import ConfigError, DataError
+from .tasks import Task
+from .tasks.depth import DepthTask
 from .tasks.detection import box_median_depth
-from .visualise import image_to_uint8, panel
+from .visualise import image_to_uint8
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
+VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv"}
 #: boxes below this score are written to the JSON but not drawn
 DRAW_SCORE = 0.3
 
 
-def collect_images(inputs: list[Path]) -> list[Path]:
-    files: list[Path] = []
-    for p in map(Path, inputs):
+# ----------------------------------------------------------------------------------------------- inputs
+@dataclass
+class Inputs:
+    images: list[Path] = field(default_factory=list)
+    videos: list[Path] = field(default_factory=list)
+    #: files named directly on the command line: unreadable ones are errors, not skips
+    explicit: set[Path] = field(default_factory=set)
+
+
+def _has_magic(text: str) -> bool:
+    return any(c in text for c in "*?[")
+
+
+def collect_inputs(inputs: list[Path], videos: bool = True) -> Inputs:
+    """Expand files, folders (their images and videos, sorted; a dataset folder's ``images/``) and glob
+    patterns (``'photos/*.jpg'``, ``'**'`` recursive) into image and video files."""
+    found = Inputs()
+    wanted = IMAGE_SUFFIXES | (VIDEO_SUFFIXES if videos else set())
+
+    def add(path: Path, explicit: bool) -> None:
+        kind = found.videos if path.suffix.lower() in VIDEO_SUFFIXES else found.images
+        if path not in kind:
+            kind.append(path)
+        if explicit:
+            found.explicit.add(path)
+
+    for item in inputs:
+        p = Path(item)
         if p.is_dir():
-            files += sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+            folder = p / "images" if (p / "images").is_dir() else p
+            for f in sorted(folder.iterdir()):
+                if f.is_file() and f.suffix.lower() in wanted and not f.name.startswith("."):
+                    add(f, False)
         elif p.is_file():
-            files.append(p)
+            if p.suffix.lower() in VIDEO_SUFFIXES and not videos:
+                raise DataError(f"'{p}' is a video; give images here")
+            add(p, True)
+        elif _has_magic(str(item)):
+            matches = sorted(Path(m) for m in glob.glob(str(item), recursive=True))
+            files = [m for m in matches if m.is_file() and m.suffix.lower() in wanted]
+            if not files:
+                raise DataError(f"the pattern '{item}' matches no image{' or video' if videos else ''} files "
+                                f"({', '.join(sorted(wanted))})")
+            for f in files:
+                add(f, False)
         else:
-            raise DataError(f"input '{p}' does not exist")
-    if not files:
-        raise DataError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found in {[str(p) for p in inputs]}")
-    return files
+            raise DataError(f"input '{p}' does not exist; give image or video files, folders or quoted glob "
+                            "patterns such as 'photos/*.jpg'")
+    if not found.images and not found.videos:
+        raise DataError(f"no images{' or videos' if videos else ''} ({', '.join(sorted(wanted))}) found in "
+                        f"{[str(p) for p in inputs]}")
+    return found
 
 
 def load_image(path: Path) -> torch.Tensor:
+    """``(3, H, W)`` float RGB in [0, 1]; a :class:`DataError` naming the file when it cannot be decoded."""
     try:
         with Image.open(path) as im:
             arr = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
-    except (UnidentifiedImageError, OSError) as exc:
-        raise DataError(f"cannot read image '{path}': {exc}; replace or remove the file") from None
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise DataError(f"cannot read image '{path}': {' '.join(str(exc).split())}; the file is corrupt or not an "
+                        "image — replace or remove it") from None
     return torch.from_numpy(arr).permute(2, 0, 1)
 
 
-def write_detections(task, pred: torch.Tensor, input_size: tuple[int, int], image: torch.Tensor,
-                     depth: torch.Tensor | None, stem: Path) -> np.ndarray:
-    """Decode one image's detection map, write ``<stem>_detection.json`` (boxes in the original image's
-    pixels, class, score, median depth in the box when the model predicts depth) and return the picture."""
-    boxes, scores, labels = task.decode(pred, image_size=input_size)[0]
-    h, w = image.shape[-2:]
-    boxes = boxes * torch.tensor([w / input_size[1], h / input_size[0]] * 2)
+def resize_image(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """``(3, H, W)`` → ``(3, h, w)`` bilinear, antialiased when shrinking (as the datasets resize for evaluation)."""
+    if tuple(image.shape[-2:]) == tuple(size):
+        return image
+    shrink = size[0] < image.shape[-2] or size[1] < image.shape[-1]
+    return F.interpolate(image[None], size=tuple(size), mode="bilinear", align_corners=False, antialias=shrink)[0]
+
+
+# ----------------------------------------------------------------------------------------------- models
+class Predictor:
+    """Images ``(B, 3, h, w)`` in [0, 1] → ``{task: task-space output}``; ``tasks`` decode and draw them."""
+
+    backend: str
+    tasks: dict[str, Task]
+    input_size: tuple[int, int] | None
+
+    def __call__(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+
+class TorchPredictor(Predictor):
+    backend = "pytorch"
+
+    def __init__(self, checkpoint: Path):
+        from .evaluation.report import load_student
+        from .export import TaskSpaceModel
+
+        student, self.tasks, spec = load_student(checkpoint)
+        self.model = TaskSpaceModel(student, self.tasks).eval()
+        size = spec.get("input_size")
+        self.input_size = tuple(size) if size else None
+
+    @torch.no_grad()
+    def __call__(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.model.as_dict(x)
+
+
+class OnnxPredictor(Predictor):
+    backend = "onnxruntime"
+
+    def __init__(self, onnx_file: Path, threads: int | None = None):
+        from .export import INPUT_NAME, ort_session, read_sidecar, tasks_from_sidecar
+
+        if not onnx_file.is_file():
+            raise ConfigError(f"ONNX model '{onnx_file}' does not exist")
+        sidecar = read_sidecar(onnx_file)
+        self.tasks = tasks_from_sidecar(sidecar)
+        self.session = ort_session(onnx_file, threads)
+        self.input_name = INPUT_NAME
+        self.names = [o.name for o in self.session.get_outputs()]
+        missing = [t for t in self.tasks if t not in self.names]
+        if missing:
+            raise ConfigError(f"{onnx_file} has no output(s) {missing} that its sidecar names; re-export the model")
+        size = sidecar["input"].get("input_size")
+        self.input_size = tuple(size) if size else None
+
+    def __call__(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        values = self.session.run(self.names, {self.input_name: x.numpy().astype(np.float32, copy=False)})
+        return {n: torch.from_numpy(v) for n, v in zip(self.names, values) if n in self.tasks}
+
+
+def load_predictor(model: Path, size: tuple[int | None, int | None] = (None, None),
+                   threads: int | None = None) -> Predictor:
+    """A checkpoint/run directory → eager PyTorch; an ``.onnx`` file → ONNX Runtime. ``size`` overrides the
+    training size the images are resized to."""
+    model = Path(model)
+    predictor = OnnxPredictor(model, threads) if model.suffix.lower() == ".onnx" else TorchPredictor(model)
+    h, w = size
+    if h and w:
+        predictor.input_size = (int(h), int(w))
+    elif h or w:
+        raise ConfigError("give both --height and --width, or neither (the model's training size)")
+    return predictor
+
+
+# ----------------------------------------------------------------------------------------------- predicting
+@dataclass
+class Prediction:
+    """One image's prediction: task-space outputs at the model's resolution, dense maps at the image's, boxes in
+    the image's pixels."""
+
+    image: torch.Tensor
+    outputs: dict[str, torch.Tensor]
+    maps: dict[str, torch.Tensor]
+    boxes: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
+    model_s: float
+
+    @property
+    def depth(self) -> torch.Tensor | None:
+        return self.maps.get("depth")
+
+
+def predict_one(predictor: Predictor, image: torch.Tensor) -> Prediction:
+    size = tuple(image.shape[-2:])
+    x = resize_image(image, predictor.input_size) if predictor.input_size else image
+    t0 = time.perf_counter()
+    outputs = predictor(x[None])
+    model_s = time.perf_counter() - t0
+    maps, boxes = {}, {}
+    for name, task in predictor.tasks.items():
+        out = outputs[name].float()
+        if task.box_targets:
+            b, s, labels = task.decode(out, image_size=tuple(x.shape[-2:]))[0]
+            scale = torch.tensor([size[1] / x.shape[-1], size[0] / x.shape[-2]] * 2)
+            boxes[name] = (b * scale, s, labels)
+        else:
+            maps[name] = F.interpolate(out, size=size, mode="bilinear", align_corners=False)[0]
+    return Prediction(image, {n: v[0] for n, v in outputs.items()}, maps, boxes, model_s)
+
+
+def detection_records(task: Task, boxes, depth: torch.Tensor | None) -> list[dict[str, Any]]:
     records = []
-    for box, score, label in zip(boxes.tolist(), scores.tolist(), labels.tolist()):
+    for box, score, label in zip(*(v.tolist() for v in boxes)):
         record = {"box": [round(v, 1) for v in box], "class": task.class_names[label], "score": round(score, 4)}
         if depth is not None:
-            record["median_depth_m"] = round(box_median_depth(depth, torch.tensor(box)), 3)
+            d = box_median_depth(depth, torch.tensor(box))
+            record["median_depth_m"] = round(d, 3) if np.isfinite(d) else None
         records.append(record)
-    stem.with_name(f"{stem.name}_detection.json").write_text(json.dumps({"detections": records}, indent=1))
-    shown = scores >= DRAW_SCORE
-    return task.draw(image, boxes[shown], labels[shown], scores[shown], depth)
+    return records
 
 
-@torch.no_grad()
-def predict_images(checkpoint: Path, inputs: list[Path], out: Path,
-                   size: tuple[int | None, int | None] = (None, None)) -> int:
-    model, tasks, spec = load_student(checkpoint)
-    h, w = size
-    if h is None or w is None:
-        h, w = spec.get("input_size", (None, None))
+def task_picture(task: Task, name: str, pred: Prediction, depth_range: tuple[float, float] | None = None) -> np.ndarray:
+    """The picture of one task: colour-mapped depth, classes over the image, or labelled boxes over it."""
+    if task.box_targets:
+        b, s, labels = pred.boxes[name]
+        shown = s >= DRAW_SCORE
+        return task.draw(pred.image, b[shown], labels[shown], s[shown], pred.depth)
+    if task.target_is_label:
+        return task.visualise(pred.maps[name], image=pred.image)
+    if isinstance(task, DepthTask) and depth_range is not None:
+        return task.visualise(pred.maps[name], vmin=depth_range[0], vmax=depth_range[1])
+    return task.visualise(pred.maps[name])
+
+
+def write_outputs(predictor: Predictor, pred: Prediction, stem: Path, *, raw: bool = True,
+                  pictures: bool = True) -> None:
+    """The per-image files (see the module docstring) under the path prefix ``stem``."""
+    prefix = f"{stem.name}_"
+    for name, task in predictor.tasks.items():
+        if raw:
+            np.save(stem.with_name(f"{prefix}{name}.npy"), pred.outputs[name].numpy().astype(np.float32))
+        if task.box_targets:
+            records = detection_records(task, pred.boxes[name], pred.depth)
+            stem.with_name(f"{prefix}{name}.json").write_text(json.dumps({"detections": records}, indent=1))
+        elif isinstance(task, DepthTask):
+            mm = (pred.maps[name][0].clamp(0, 65.535) * 1000).round().to(torch.int32).numpy().astype(np.uint16)
+            Image.fromarray(mm).save(stem.with_name(f"{prefix}depth.png"))
+        elif task.target_is_label:
+            ids = pred.maps[name].argmax(0).to(torch.uint8).numpy()
+            Image.fromarray(ids).save(stem.with_name(f"{prefix}{name}.png"))
+        if pictures:
+            side_by_side = np.concatenate([image_to_uint8(pred.image), task_picture(task, name, pred)], axis=1)
+            Image.fromarray(side_by_side).save(stem.with_name(f"{prefix}{name}_vis.png"))
+
+
+def video_mosaic(predictor: Predictor, pred: Prediction, depth_range: tuple[float, float] | None) -> np.ndarray:
+    """One video frame: the frame (with boxes when the model detects) beside each dense task's picture."""
+    detection = [n for n, t in predictor.tasks.items() if t.box_targets]
+    first = (task_picture(predictor.tasks[detection[0]], detection[0], pred) if detection
+             else image_to_uint8(pred.image))
+    tiles = [first] + [task_picture(t, n, pred, depth_range) for n, t in predictor.tasks.items() if not t.box_targets]
+    return np.concatenate(tiles, axis=1)
+
+
+def _depth_range(pred: Prediction, task: Task | None) -> tuple[float, float] | None:
+    """The colour range of a video's depth: the task's ``vis_range``, else the first frame's 2nd-98th percentile
+    (frames then share one scale and colours do not flicker)."""
+    if task is None or pred.depth is None:
+        return None
+    if getattr(task, "vis_range", None):
+        return tuple(task.vis_range)
+    d = pred.depth.numpy()
+    d = d[np.isfinite(d) & (d > 0)]
+    return tuple(float(v) for v in np.percentile(d, [2, 98])) if d.size else None
+
+
+def _import_cv2():
+    try:
+        import cv2
+    except ImportError:  # pragma: no cover - depends on the environment
+        raise ConfigError("videos are read and written with OpenCV: pip install opencv-python-headless") from None
+    return cv2
+
+
+def _open_writer(path: Path, fps: float, size: tuple[int, int]):
+    """An mp4 (mp4v) writer, else Motion-JPEG in .avi where this OpenCV build cannot write mp4."""
+    cv2 = _import_cv2()
+
+    w, h = size
+    for suffix, codec in ((".mp4", "mp4v"), (".avi", "MJPG")):
+        target = path.with_suffix(suffix)
+        writer = cv2.VideoWriter(str(target), cv2.VideoWriter_fourcc(*codec), fps, (w, h))
+        if writer.isOpened():
+            return writer, target
+        writer.release()
+    raise DataError(f"OpenCV cannot write a video to {path} (tried mp4v and MJPG); install opencv-python-headless "
+                    "from PyPI, whose wheels include both encoders")
+
+
+def predict_video(predictor: Predictor, path: Path, out: Path, stem: str, *, video_frames: bool = False,
+                  raw: bool = True, advance: Callable[[int | None], None] = lambda total: None) -> dict[str, Any]:
+    """Annotate every frame of ``path`` into ``<out>/<stem>_pred.mp4``; ``advance(total)`` is called per frame."""
+    cv2 = _import_cv2()
+
+    capture = cv2.VideoCapture(str(path))
+    writer = target = None
+    try:
+        if not capture.isOpened():
+            raise DataError(f"cannot open video '{path}' with OpenCV; the file is corrupt or its codec is not "
+                            "supported — convert it to mp4 (H.264) or a folder of images")
+        fps = capture.get(cv2.CAP_PROP_FPS) or 0.0
+        fps = fps if 0 < fps < 1000 else 10.0
+        total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) or None
+        frames_dir = out / f"{stem}_frames"
+        if video_frames:
+            frames_dir.mkdir(exist_ok=True)
+        depth_range, depth_task = None, predictor.tasks.get("depth")
+        frames, model_s = 0, 0.0
+        t0 = time.perf_counter()
+        while True:
+            ok, bgr = capture.read()
+            if not ok:
+                break
+            image = torch.from_numpy(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB).astype(np.float32) / 255.0).permute(2, 0, 1)
+            pred = predict_one(predictor, image)
+            model_s += pred.model_s
+            if frames == 0:
+                depth_range = _depth_range(pred, depth_task)
+            mosaic = video_mosaic(predictor, pred, depth_range)
+            if writer is None:
+                writer, target = _open_writer(out / f"{stem}_pred.mp4", fps, (mosaic.shape[1], mosaic.shape[0]))
+            writer.write(cv2.cvtColor(mosaic, cv2.COLOR_RGB2BGR))
+            if video_frames:
+                write_outputs(predictor, pred, frames_dir / f"{stem}_{frames:06d}", raw=raw, pictures=False)
+            frames += 1
+            advance(total)
+        wall = time.perf_counter() - t0
+    finally:
+        capture.release()
+        if writer is not None:
+            writer.release()
+    if frames == 0:
+        raise DataError(f"video '{path}' has no readable frames; the file is empty, corrupt or its codec is not "
+                        "supported by OpenCV")
+    return {"input": str(path), "output": str(target), "frames": frames, "source_fps": fps,
+            "fps_model": frames / model_s if model_s > 0 else float("inf"),
+            "fps_end_to_end": frames / wall if wall > 0 else float("inf"),
+            "frames_dir": str(frames_dir) if video_frames else None}
+
+
+def _unique_stem(name: str, used: set[str]) -> str:
+    stem, k = name, 2
+    while stem in used:
+        stem, k = f"{name}_{k}", k + 1
+    used.add(stem)
+    return stem
+
+
+def predict(model: Path, inputs: list[Path], out: Path, *, size: tuple[int | None, int | None] = (None, None),
+            raw: bool = True, video_frames: bool = False, progress: bool = True, threads: int | None = None,
+            console=None) -> dict[str, Any]:
+    """Predict for every input (see the module docstring); returns (and writes as ``summary.json``) what was
+    done: counts, skipped files with the reason, and per video its output and frames per second."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    predictor = load_predictor(model, size, threads)
+    found = collect_inputs(inputs)
     out.mkdir(parents=True, exist_ok=True)
-    files = collect_images(inputs)
-    for path in files:
-        image = load_image(path)
-        orig = image.shape[-2:]
-        x = image[None]
-        if h and w:
-            x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False)
-        raw = model(x)
-        preds = {name: task.predict(raw[name].float()) for name, task in tasks.items()}
-        depth = None
-        if "depth" in preds:
-            depth = F.interpolate(preds["depth"], size=orig, mode="bilinear", align_corners=False)[0]
-        for name, task in tasks.items():
-            if task.box_targets:
-                vis = write_detections(task, preds[name], tuple(x.shape[-2:]), image, depth, out / path.stem)
-            else:
-                pred = preds[name]
-                mode = "nearest" if task.target_is_label and pred.shape[1] == 1 else "bilinear"
-                corners = {} if mode == "nearest" else {"align_corners": False}
-                pred = F.interpolate(pred, size=orig, mode=mode, **corners)[0]
-                if name == "depth":
-                    mm = (pred[0].clamp(0, 65.535) * 1000).round().to(torch.int32).numpy().astype(np.uint16)
-                    Image.fromarray(mm).save(out / f"{path.stem}_depth.png")
-                elif task.target_is_label:
-                    Image.fromarray(pred.argmax(0).to(torch.uint8).numpy()).save(out / f"{path.stem}_{name}.png")
-                vis = panel(task, pred, image if task.target_is_label else None)
-            side_by_side = np.concatenate([image_to_uint8(image), vis], axis=1)
-            Image.fromarray(side_by_side).save(out / f"{path.stem}_{name}_vis.png")
-    return len(files)
+    console = console or Console(stderr=True)
+    used: set[str] = set()
+    summary: dict[str, Any] = {"model": str(model), "backend": predictor.backend, "tasks": list(predictor.tasks),
+                               "input_size": list(predictor.input_size) if predictor.input_size else None,
+                               "images": 0, "videos": [], "skipped": []}
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console, disable=not progress, transient=False) as bar:
+        if found.images:
+            job = bar.add_task("images", total=len(found.images))
+            for path in found.images:
+                try:
+                    image = load_image(path)
+                except DataError as exc:
+                    if path in found.explicit:
+                        raise
+                    summary["skipped"].append({"file": str(path), "reason": str(exc)})
+                    bar.advance(job)
+                    continue
+                pred = predict_one(predictor, image)
+                write_outputs(predictor, pred, out / _unique_stem(path.stem, used), raw=raw)
+                summary["images"] += 1
+                bar.advance(job)
+        for path in found.videos:
+            job = bar.add_task(f"video {path.name}", total=None)
+
+            def advance(total, job=job):
+                bar.update(job, total=total, advance=1)
+
+            try:
+                summary["videos"].append(predict_video(predictor, path, out, _unique_stem(path.stem, used),
+                                                       video_frames=video_frames, raw=raw, advance=advance))
+            except DataError as exc:
+                if path in found.explicit:
+                    raise
+                summary["skipped"].append({"file": str(path), "reason": str(exc)})
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary

@@ -1,7 +1,13 @@
-"""The demo report: Markdown tables plus PNG plots (loss curves, validation curves, a sample grid)."""
+"""Plots of a run (losses, validation metrics, teacher/task weights, a sample grid) and the demo's Markdown report.
+
+Every plot is built by a ``*_figure`` function that returns a matplotlib figure (or None when its data is
+missing), so the Markdown report (PNG files beside it) and the HTML report (PNG data URIs inside one file,
+:mod:`polydistill.html_report`) draw the same pictures from one implementation.
+"""
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 from typing import Any
@@ -13,54 +19,139 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import yaml  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
 
 from .data import FolderDataset  # noqa: E402
 from .engine.logging import read_steps  # noqa: E402
 from .visualise import image_to_uint8, panel  # noqa: E402
+
+DPI = 110
+#: the tasks a sample grid can draw (features tasks have no picture to compare with a label)
+DRAWN_TASKS = ("depth", "semseg", "detection")
 
 
 def _fmt(v: float) -> str:
     return f"{v:.4f}" if abs(v) < 100 else f"{v:.1f}"
 
 
-def plot_loss_curves(runs: dict[str, Path], path: Path) -> None:
-    """Total loss per step for every run, and each loss term of the distilled student."""
+def save_figure(fig: Figure, path: Path) -> Path:
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    return Path(path)
+
+
+def figure_png(fig: Figure, dpi: int = DPI) -> bytes:
+    """The figure as PNG bytes (and closed, so a long report does not keep every figure in memory)."""
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi)
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _log_scale_if_positive(ax, values: list[float]) -> None:
+    """Log y-axis for losses that span a decade or more, unless a value is <= 0 (uncertainty weighting's
+    terms can be negative); a narrow range reads better on a linear axis."""
+    finite = [v for v in values if np.isfinite(v)]
+    if finite and min(finite) > 0 and max(finite) / min(finite) >= 10:
+        ax.set_yscale("log")
+
+
+def _steps(run: Path) -> list[dict[str, float]]:
+    path = Path(run) / "steps.csv"
+    return read_steps(path) if path.is_file() else []
+
+
+def loss_figure(runs: dict[str, Path], terms_of: str = "student") -> Figure | None:
+    """Left: total loss per step of every run. Right: each loss term ``L[task, source]`` of run ``terms_of``.
+
+    Runs without a ``steps.csv`` are left out; None when no run has any logged step.
+    """
+    rows_by_run = {name: _steps(run) for name, run in runs.items()}
+    rows_by_run = {name: rows for name, rows in rows_by_run.items() if rows}
+    if not rows_by_run:
+        return None
     fig, axes = plt.subplots(1, 2, figsize=(12, 4))
-    for name, run in runs.items():
-        rows = read_steps(run / "steps.csv")
-        axes[0].plot([r["step"] for r in rows], [r["loss"] for r in rows], label=name, lw=0.8)
-    axes[0].set(title="total training loss", xlabel="step", yscale="log")
-    axes[0].legend()
-    rows = read_steps(runs["student"] / "steps.csv")
+    totals: list[float] = []
+    for name, rows in rows_by_run.items():
+        pts = [(r["step"], r["loss"]) for r in rows if "loss" in r and "step" in r]
+        if pts:
+            axes[0].plot(*zip(*pts), label=name, lw=0.8)
+            totals += [v for _, v in pts]
+    axes[0].set(title="total training loss", xlabel="step")
+    _log_scale_if_positive(axes[0], totals)
+    if len(rows_by_run) > 1:
+        axes[0].legend(fontsize=8)
+    rows = rows_by_run.get(terms_of, [])
+    terms: list[float] = []
     for key in sorted({k for r in rows for k in r if k.startswith("loss/")}):
         pts = [(r["step"], r[key]) for r in rows if key in r]
         axes[1].plot(*zip(*pts), label=key[5:], lw=0.8)
-    axes[1].set(title="distilled student: loss terms L[task, source]", xlabel="step", yscale="log")
-    axes[1].legend()
+        terms += [v for _, v in pts]
+    if terms:
+        axes[1].legend(fontsize=8)
+    else:
+        axes[1].text(0.5, 0.5, "no loss terms logged", ha="center", va="center", transform=axes[1].transAxes)
+    _log_scale_if_positive(axes[1], terms)
+    who = "distilled student" if terms_of == "student" else terms_of
+    axes[1].set(title=f"{who}: loss terms L[task, source]", xlabel="step")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return fig
+
+
+def plot_loss_curves(runs: dict[str, Path], path: Path) -> None:
+    """Total loss per step for every run, and each loss term of the distilled student (PNG at ``path``)."""
+    fig = loss_figure(runs)
+    if fig is not None:
+        save_figure(fig, path)
+
+
+def read_validation(run: Path) -> list[dict[str, Any]]:
+    """The records of ``run/val.jsonl`` (none when the run never validated)."""
+    path = Path(run) / "val.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()]
+
+
+PRIMARY_PANELS = (("depth", "abs_rel"), ("semseg", "miou"), ("detection", "map50"))
+
+
+def validation_figure(runs: dict[str, Path], panels: list[tuple[str, str]] | None = None,
+                      columns: int = 3, directions: dict[str, bool] | None = None) -> Figure | None:
+    """Validation metrics over training (validation split, never the training images), one panel per
+    ``(task, metric)``; by default the primary metric of each task. ``directions`` (metric -> higher is
+    better) adds ↑ or ↓ to the titles. None when no run has a record."""
+    records_by_run = {name: read_validation(run) for name, run in runs.items()}
+    if panels is None:
+        seen = {t for records in records_by_run.values() for r in records for t in r.get("metrics", {})}
+        panels = [(t, m) for t, m in PRIMARY_PANELS if t in seen]
+    if not panels or not any(records_by_run.values()):
+        return None
+    nrows = -(-len(panels) // columns)
+    cols = -(-len(panels) // nrows)  # balanced rows: 5 panels in 3 + 2, not 4 + 1
+    fig, axes = plt.subplots(nrows, cols, figsize=(min(6, 14 / cols) * cols, 3.6 * nrows), squeeze=False)
+    flat = axes.ravel()
+    for ax, (task, metric) in zip(flat, panels):
+        for name, records in records_by_run.items():
+            pts = [(r["step"], r["metrics"][task][metric]) for r in records
+                   if metric in r.get("metrics", {}).get(task, {})]
+            if pts:
+                ax.plot(*zip(*pts), marker="o", label=name)
+        arrow = {True: " ↑", False: " ↓"}.get((directions or {}).get(metric), "")
+        ax.set(title=f"validation {task} {metric}{arrow}", xlabel="step")
+        if len(runs) > 1 and ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+    for ax in flat[len(panels):]:
+        ax.set_visible(False)
+    fig.tight_layout()
+    return fig
 
 
 def plot_validation(runs: dict[str, Path], path: Path) -> None:
-    """Primary validation metrics over training (validation split, never the training images)."""
-    records_by_run = {name: [json.loads(ln) for ln in (run / "val.jsonl").read_text().splitlines() if ln]
-                      for name, run in runs.items()}
-    seen = {t for records in records_by_run.values() for r in records for t in r["metrics"]}
-    panels = [(t, m) for t, m in (("depth", "abs_rel"), ("semseg", "miou"), ("detection", "map50")) if t in seen]
-    fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(6 * max(1, len(panels)), 4), squeeze=False)
-    axes = axes[0]
-    for name, records in records_by_run.items():
-        for ax, (task, metric) in zip(axes, panels):
-            pts = [(r["step"], r["metrics"][task][metric]) for r in records if task in r["metrics"]]
-            if pts:
-                ax.plot(*zip(*pts), marker="o", label=name)
-                ax.set(title=f"validation {task} {metric}", xlabel="step")
-    for ax in axes:
-        ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    """Primary validation metrics over training, as a PNG at ``path``."""
+    fig = validation_figure(runs)
+    if fig is not None:
+        save_figure(fig, path)
 
 
 WEIGHT_SMOOTHING = 10  # logged values (steps) in the trailing running mean of plot_weights
@@ -74,7 +165,7 @@ def _running_mean(y: np.ndarray, window: int) -> np.ndarray:
     return (c[hi] - c[lo]) / (hi - lo)
 
 
-def plot_weights(run_dir: Path, out_png: Path) -> Path | None:
+def weights_figure(run_dir: Path) -> Figure | None:
     """Teacher weights (left) and task weights (right) per optimizer step, read from ``run_dir/steps.csv``.
 
     Left: every ``teacher_weight/<task>/<teacher>`` column (the mean per-sample weight the teacher-level
@@ -84,13 +175,9 @@ def plot_weights(run_dir: Path, out_png: Path) -> Path | None:
     with a trailing running mean over the last ``WEIGHT_SMOOTHING`` (10) logged values, so a step that
     raises a weight shows up right away and the first points average over fewer values.
 
-    Returns ``out_png``, or None, writing nothing, when the CSV has no such column or no value in them
-    (e.g. only the header).
+    None when there is no ``steps.csv``, or no such column or no value in them (e.g. only the header).
     """
-    path = Path(run_dir) / "steps.csv"
-    if not path.exists():
-        return None
-    rows = read_steps(path)
+    rows = _steps(run_dir)
     columns = sorted({c for r in rows for c in r})
     panels = (("teacher_weight/", "teacher weights (mean per-sample weight)"),
               ("task_weight/", "task weights λ_t"))
@@ -115,10 +202,13 @@ def plot_weights(run_dir: Path, out_png: Path) -> Path | None:
             ax.text(0.5, 0.5, "not logged", ha="center", va="center", transform=ax.transAxes)
         ax.set(title=f"{title} (running mean of {WEIGHT_SMOOTHING})", xlabel="step", ylabel="weight")
     fig.tight_layout()
-    out_png = Path(out_png)
-    fig.savefig(out_png, dpi=110)
-    plt.close(fig)
-    return out_png
+    return fig
+
+
+def plot_weights(run_dir: Path, out_png: Path) -> Path | None:
+    """:func:`weights_figure` as a PNG at ``out_png``; returns it, or None (writing nothing) without weights."""
+    fig = weights_figure(run_dir)
+    return None if fig is None else save_figure(fig, out_png)
 
 
 def _strategy_names(run_dir: Path) -> tuple[str, str]:
@@ -134,41 +224,98 @@ def _strategy_names(run_dir: Path) -> tuple[str, str]:
     return names[0], names[1]
 
 
+def _no_label_panel(shape: tuple[int, int]) -> np.ndarray:
+    """A mid-grey picture with a diagonal cross: this image carries no label for the task."""
+    h, w = shape
+    pic = np.full((h, w, 3), 128, np.uint8)
+    for i in range(max(h, w)):
+        y, x = i * h // max(h, w), i * w // max(h, w)
+        pic[y, x] = pic[y, w - 1 - x] = 200
+    return pic
+
+
+def _detection_panel(task, value: torch.Tensor, image: torch.Tensor) -> np.ndarray:
+    """Boxes drawn over the image enlarged to about 256 pixels wide (at most 4×), so that the class and score
+    labels (a fixed-size bitmap font) stay readable on small images; GT ``(M, 5)`` or a predicted map."""
+    scale = int(min(4, max(1, round(256 / image.shape[-1]))))
+    big = torch.nn.functional.interpolate(image[None], scale_factor=scale, mode="bilinear")[0]
+    value = torch.as_tensor(value).detach().cpu().float()
+    if value.dim() == 3:  # a predicted map on the stride grid
+        boxes, scores, labels = task.decode(value[None], score_threshold=0.3)[0]
+    else:  # ground-truth boxes [x0, y0, x1, y1, dataset class id]
+        value = value[value[:, 4] >= 0]
+        labels = task.task_labels(value)
+        boxes, labels, scores = value[labels >= 0, :4], labels[labels >= 0], None
+    return task.draw(big, boxes * scale, labels, scores)
+
+
 @torch.no_grad()
-def plot_samples(test_dir: Path, predictors: dict[str, tuple[Any, dict]], path: Path, image_size,
-                 count: int = 4) -> None:
-    """Grid: input, ground truth and every model's depth, segmentation and boxes for a few test images."""
-    shown = [t for t in ("depth", "semseg", "detection") if t in predictors["student"][1]]
-    data = FolderDataset(test_dir, shown, image_size=image_size)
+def samples_figure(data: FolderDataset, predictors: dict[str, tuple[Any, dict]], *, count: int = 4,
+                   tasks: tuple[str, ...] | None = None, reference: str = "student",
+                   relative_depth: tuple[str, ...] = ()) -> Figure:
+    """Grid: per row one image of ``data``; columns: the input, then for every task its ground truth and
+    each predictor's output.
+
+    ``predictors``: name -> (images ``(B, 3, H, W)`` -> ``{task: task-space output}``, ``{task: Task}``);
+    ``reference`` names the predictor whose task objects draw the ground truth. Depth is coloured on the
+    range of the ground truth (else of the reference's prediction), except for the predictors named in
+    ``relative_depth`` (depth up to scale and shift), which use their own range. An image without a label
+    for a task shows a grey crossed panel in its ground-truth column.
+    """
+    ref_tasks = predictors[reference][1]
+    shown = [t for t in (tasks or DRAWN_TASKS) if t in ref_tasks and t in DRAWN_TASKS and t in data.tasks]
     columns: list[tuple[str, str, str]] = [("input", "", "")]
     for task in shown:
         columns.append((f"GT {task}", "gt", task))
-        columns += [(f"{who} {task}", who, task) for who, (_, tasks) in predictors.items() if task in tasks]
-    fig, axes = plt.subplots(count, len(columns), figsize=(1.6 * len(columns), 1.35 * count), squeeze=False)
+        columns += [(f"{who} {task}", who, task) for who, (_, tasks_of) in predictors.items() if task in tasks_of]
+    count = max(1, min(count, len(data)))
+    active = {who for _, who, _ in columns if who not in ("", "gt")}
+    h, w = data[0]["image"].shape[-2:]
+    width = min(2.6, max(1.7, 12 / len(columns)))  # inches per panel: few columns get bigger panels
+    title_band = 0.25  # inches above the first row for the column titles
+    height = count * width * h / w * 1.05 + title_band
+    fig, axes = plt.subplots(count, len(columns), figsize=(width * len(columns) * 1.05, height), squeeze=False)
+    # fixed margins instead of tight_layout: the panels have no tick labels, and it halves the drawing time
+    fig.subplots_adjust(left=0.005, right=0.995, bottom=0.005, top=1 - title_band / height, wspace=0.05,
+                        hspace=0.05)
     for row in range(count):
         sample = data[row * max(1, len(data) // count)]
         image = sample["image"]
-        preds = {who: fn(image[None]) for who, (fn, _) in predictors.items()}
-        gt_depth = sample["targets"]["depth"]
-        valid = gt_depth[gt_depth > 0]
-        vmin, vmax = (float(valid.min()), float(valid.max())) if valid.numel() else (None, None)
+        preds = {who: fn(image[None]) for who, (fn, _) in predictors.items() if who in active}
+        vmin = vmax = None
+        if "depth" in shown:
+            ref = sample["targets"]["depth"] if sample["valid"].get("depth") else preds[reference]["depth"][0]
+            valid = ref[torch.isfinite(ref) & (ref > 0)]
+            if valid.numel():
+                vmin, vmax = float(valid.min()), float(valid.max())
         for col, (title, who, task) in enumerate(columns):
             ax = axes[row, col]
             if who == "":
                 pic = image_to_uint8(image)
+            elif who == "gt" and not sample["valid"].get(task, True):
+                pic = _no_label_panel(tuple(image.shape[-2:]))
             else:
-                tasks = predictors[who][1] if who != "gt" else predictors["student"][1]
+                tasks_of = predictors[reference if who == "gt" else who][1]
                 value = sample["targets"][task] if who == "gt" else preds[who][task][0]
-                kw = {"vmin": vmin, "vmax": vmax} if task == "depth" else {}
-                pic = panel(tasks[task], value, image if tasks[task].target_is_label else None, **kw)
+                kw = {"vmin": vmin, "vmax": vmax} if task == "depth" and who not in relative_depth else {}
+                if task == "detection":
+                    pic = _detection_panel(tasks_of[task], value, image)
+                else:
+                    pic = panel(tasks_of[task], value, image if tasks_of[task].target_is_label else None, **kw)
             ax.imshow(pic)
             ax.set_xticks([])
             ax.set_yticks([])
             if row == 0:
                 ax.set_title(title, fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    return fig
+
+
+def plot_samples(test_dir: Path, predictors: dict[str, tuple[Any, dict]], path: Path, image_size,
+                 count: int = 4) -> None:
+    """Grid: input, ground truth and every model's depth, segmentation and boxes for a few test images."""
+    shown = [t for t in DRAWN_TASKS if t in predictors["student"][1]]
+    data = FolderDataset(test_dir, shown, image_size=image_size)
+    save_figure(samples_figure(data, predictors, count=count), path)
 
 
 def _metric_table(metrics: dict[str, Any], task: str, keys: list[str]) -> list[str]:

@@ -17,12 +17,13 @@ from torch.utils.data import Dataset, Subset
 
 from .cache import TeacherCache, cache_slot, open_or_build_cache
 from .config import RunConfig, save_config
-from .data import FolderDataset, build_train_transform
+from .data import FolderDataset, build_train_transform, open_dataset
 from .distill import Objective
 from .distill.trajectory import KnowledgeTrajectory
 from .distill.weighting import TASK_WEIGHTINGS, TEACHER_WEIGHTINGS, build_weighting
 from .distill.weighting.base import parse_options
 from .engine.checkpoint import find_checkpoint, load_matching_weights
+from .engine.logging import require_tensorboard
 from .engine.trainer import FitResult, Trainer
 from .errors import ConfigError
 from .evaluation.evaluate import cached_predictor, evaluate
@@ -79,7 +80,7 @@ def resolve_task_options(cfg: RunConfig, dataset: FolderDataset,
     if "detection" in tasks:
         opts = tasks["detection"]
         names = list(dataset.class_names)
-        opts.setdefault("class_names", names)
+        opts.setdefault("class_names", list(dataset.box_class_names))
         unknown = [n for n in opts["class_names"] if n not in names]
         if unknown:
             raise ConfigError(f"tasks.detection.class_names has {unknown}, which {cfg.data.train}/classes.yaml does "
@@ -118,6 +119,8 @@ def check_names(cfg: RunConfig) -> None:
     for key in list(cfg.distill.task_weights):
         if key not in cfg.tasks:
             raise ConfigError(f"distill.task_weights has unknown task '{key}'{did_you_mean(key, list(cfg.tasks))}")
+    if cfg.train.tensorboard:
+        require_tensorboard()
     if cfg.train.mixed_precision == "fp16" and not torch.cuda.is_available():
         raise ConfigError("train.mixed_precision=fp16 needs a GPU; on the CPU use bf16 or 'no'")
     names = [t.name for t in cfg.teachers]
@@ -136,12 +139,15 @@ def build_datasets(cfg: RunConfig) -> tuple[Dataset, FolderDataset, FolderDatase
     """(training set as sampled, the un-augmented training folder, validation set)."""
     size = (cfg.data.height, cfg.data.width)
     tasks = labelled_tasks(cfg)
-    train = FolderDataset(cfg.data.train, tasks, transform=build_train_transform(cfg.data.augment),
-                          seed=cfg.train.seed, image_size=size)
-    plain = FolderDataset(cfg.data.train, tasks, image_size=size)
-    val = FolderDataset(cfg.data.val, tasks, image_size=size) if cfg.data.val else None
-    if val is not None and Path(cfg.data.val).resolve() == Path(cfg.data.train).resolve():
+    train = open_dataset(cfg.data, "train", tasks, transform=build_train_transform(cfg.data.augment),
+                         seed=cfg.train.seed, image_size=size)
+    plain = open_dataset(cfg.data, "train", tasks, image_size=size)
+    val = open_dataset(cfg.data, "val", tasks, image_size=size) if cfg.data.val else None
+    if val is not None and val.root.resolve() == plain.root.resolve():
         raise ConfigError("data.val is the training folder: validation must use images the student never trains on")
+    if val is not None and {"semseg", "detection"} & set(tasks) and val.class_names != plain.class_names:
+        raise ConfigError(f"data.val has the classes {list(val.class_names)[:6]}... but data.train has "
+                          f"{list(plain.class_names)[:6]}...; both sets must use the same class list")
     return train, plain, val
 
 
@@ -180,7 +186,8 @@ def cache_teachers(cfg: RunConfig, root: str | Path | None = None, *, rebuild: b
     cfg.distill.teacher_cache = str(root)
     folders = {"train": plain}
     if cfg.data.val and TEACHER_WEIGHTINGS.get(cfg.distill.teacher_weighting.name).needs_teacher_metrics:
-        folders["val"] = FolderDataset(cfg.data.val, labelled_tasks(cfg), image_size=(cfg.data.height, cfg.data.width))
+        folders["val"] = open_dataset(cfg.data, "val", labelled_tasks(cfg),
+                                      image_size=(cfg.data.height, cfg.data.width))
     out = {}
     for split, dataset in folders.items():
         if force:
@@ -219,7 +226,7 @@ def teacher_validation_metrics(teachers: list[Teacher], tasks: dict, cfg: RunCon
             "teachers on validation data: set data.val"
         )
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    val = FolderDataset(cfg.data.val, labelled_tasks(cfg), image_size=(cfg.data.height, cfg.data.width))
+    val = open_dataset(cfg.data, "val", labelled_tasks(cfg), image_size=(cfg.data.height, cfg.data.width))
     if cached:
         val.attach_teacher_outputs(teacher_cache(cfg, teachers, val, run_dir),
                                    keep_grid=[n for n, t in tasks.items() if not t.dense_output])
@@ -306,4 +313,20 @@ def train_run(cfg: RunConfig, run_dir: str | Path, *, resume: bool = False,
         "samples_per_second": fit.samples_per_second, "skipped_steps": fit.skipped_steps,
     }
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    if cfg.train.report and trainer.accelerator.is_main_process:
+        write_run_report(run_dir)
     return RunResult(run_dir=run_dir, fit=fit, spec=spec)
+
+
+def write_run_report(run_dir: Path) -> Path | None:
+    """``RUN_DIR/report.html`` after training. Kept cheap: the student and the ground truth on four validation
+    images, no teacher forward (``polydistill report RUN_DIR`` draws the teachers too). The run is saved by
+    then, so a failure here is reported and does not fail the run."""
+    from .html_report import write_html_report
+
+    try:
+        return write_html_report(run_dir, teachers=False)
+    except Exception as exc:  # noqa: BLE001 - the checkpoints and logs are written; only the page is missing
+        print(f"warning: {run_dir / 'report.html'} was not written ({type(exc).__name__}: {exc}); "
+              f"retry with `polydistill report {run_dir}`", flush=True)
+        return None

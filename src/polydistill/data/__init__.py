@@ -1,14 +1,16 @@
-"""Data: samples as ``{image, targets, valid, teacher, meta}``; ShapeScenes; the generic folder layout."""
+"""Data: samples as ``{image, targets, valid, teacher, meta}``; ShapeScenes; the generic folder layout and the
+upstream layouts of NYUv2, Cityscapes and COCO (:mod:`.formats`)."""
 
 from __future__ import annotations
 
 from ..config import AugmentConfig
 from .collate import collate, move_batch
 from .folder import FolderDataset
+from .formats import FORMATS, open_dataset
 from .transforms import ColorJitter, Compose, RandomHorizontalFlip, RandomScaleCrop, Resize
 
-__all__ = ["ColorJitter", "Compose", "FolderDataset", "RandomHorizontalFlip", "RandomScaleCrop", "Resize",
-           "build_train_transform", "collate", "move_batch"]
+__all__ = ["FORMATS", "ColorJitter", "Compose", "FolderDataset", "RandomHorizontalFlip", "RandomScaleCrop", "Resize",
+           "build_train_transform", "collate", "move_batch", "open_dataset"]
 
 
 def build_train_transform(cfg: AugmentConfig) -> Compose | None:

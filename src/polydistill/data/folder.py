@@ -1,6 +1,7 @@
-"""A multi-task dataset read from a plain folder, so users' own data needs no code.
+"""A multi-task dataset read from a plain folder, so users' own data needs no code — or, with ``format``, from
+the upstream layouts of NYUv2, Cityscapes and COCO (see :mod:`.formats`), served the same way.
 
-Layout (every label folder and every label file is optional)::
+The folder layout (every label folder and every label file is optional)::
 
     root/
       classes.yaml          names: [floor, wall, ...]   ignore_index: 255   (needed for semseg)
@@ -31,24 +32,35 @@ Decisions:
   construction (a typo in a file name would otherwise silently become a missing label).
 * Folders are listed and ``classes.yaml`` is checked eagerly; file contents are read and checked
   lazily in ``__getitem__``, and any bad file raises :class:`DataError` naming it.
+* Which files make the samples is a :class:`~.layout.Layout` (``format``); this module holds the folder
+  layout and the dataset every layout shares.
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
 import warnings
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import yaml
-from PIL import Image
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
 from ..errors import DataError
+from .layout import (
+    DEFAULT_IGNORE_INDEX,
+    Layout,
+    LayoutOptions,
+    file_signature,
+    image_tensor,
+    one_line,
+    open_image,
+    read_json,
+)
 from .transforms import Resize
 
 TeacherMaps = dict[str, dict[str, torch.Tensor]]
@@ -59,11 +71,6 @@ LABEL_EXTENSIONS = {"depth": (".png", ".npy"), "semseg": (".png",), "boxes": (".
 TASKS = ("depth", "semseg", "detection")
 DEFAULT_TASKS = ("depth", "semseg")
 LABEL_FOLDERS = {"depth": "depth", "semseg": "semseg", "detection": "boxes"}
-DEFAULT_IGNORE_INDEX = 255
-
-
-def _one_line(error: Exception) -> str:
-    return " ".join(str(error).split())
 
 
 def _list_folder(folder: Path, extensions: Sequence[str]) -> tuple[dict[str, Path], list[Path]]:
@@ -92,7 +99,7 @@ def _read_classes(path: Path) -> tuple[tuple[str, ...], int | None]:
     try:
         data = yaml.safe_load(path.read_text())
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
-        raise DataError(f"cannot parse {path}: {_one_line(e)}; {hint}") from e
+        raise DataError(f"cannot parse {path}: {one_line(e)}; {hint}") from e
     names = data.get("names") if isinstance(data, dict) else None
     if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
         raise DataError(f"{path} has no valid 'names' list (a non-empty list of strings); {hint}")
@@ -105,36 +112,13 @@ def _read_classes(path: Path) -> tuple[tuple[str, ...], int | None]:
     return tuple(names), ignore_index
 
 
-def _open_image(path: Path) -> Image.Image:
-    """Decode the whole file now, so that a corrupt or truncated file fails here, naming itself."""
-    try:
-        image = Image.open(path)
-        image.load()
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
-        raise DataError(
-            f"cannot read {path}: {_one_line(e)}; the file is corrupt or not an image — "
-            "re-export or remove it"
-        ) from e
-    return image
-
-
-def _read_json(path: Path) -> dict:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, ValueError) as e:
-        raise DataError(f"cannot parse {path}: {_one_line(e)}; fix the JSON or remove the file") from e
-    if not isinstance(data, dict):
-        raise DataError(f"{path} must hold a JSON object, got {type(data).__name__}")
-    return data
-
-
 def _read_depth(path: Path) -> torch.Tensor:
     """Depth in metres ``(1, H, W)``; anything that is not a positive finite distance becomes 0."""
     if path.suffix.lower() == ".npy":
         try:
             array = np.load(path, allow_pickle=False)
         except (OSError, ValueError) as e:
-            raise DataError(f"cannot read {path}: {_one_line(e)}; save depth with numpy.save") from e
+            raise DataError(f"cannot read {path}: {one_line(e)}; save depth with numpy.save") from e
         if array.ndim != 2 or not (
             np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)
         ):
@@ -144,7 +128,7 @@ def _read_depth(path: Path) -> torch.Tensor:
             )
         metres = array.astype(np.float32)
     else:
-        image = _open_image(path)
+        image = open_image(path)
         if image.mode not in ("I;16", "I;16B", "I;16L", "I"):
             raise DataError(
                 f"{path} is a mode-{image.mode} PNG; depth PNGs must be 16-bit millimetres (uint16) — "
@@ -157,7 +141,7 @@ def _read_depth(path: Path) -> torch.Tensor:
 
 def _read_semseg(path: Path, num_classes: int, ignore_index: int) -> torch.Tensor:
     """Class ids ``(H, W)`` long, refusing ids that ``classes.yaml`` does not declare."""
-    image = _open_image(path)
+    image = open_image(path)
     if image.mode not in ("L", "P"):
         raise DataError(
             f"{path} is a mode-{image.mode} PNG; semseg PNGs must hold one class id per pixel "
@@ -202,14 +186,14 @@ def _read_boxes(path: Path, num_classes: int | None = None,
                 names: Sequence[str] = ()) -> tuple[torch.Tensor, torch.Tensor]:
     hint = ('it must look like {"boxes": [[x0, y0, x1, y1], ...], "labels": [class_id, ...]} in pixels, or COCO\'s '
             '{"annotations": [{"bbox": [x, y, w, h], "category_id": class_id}, ...]}')
-    data = _read_json(path)
+    data = read_json(path)
     try:
         if isinstance(data, dict) and "annotations" in data:
             data = _coco_annotations(data, names, path)
         boxes = torch.tensor(data.get("boxes", []), dtype=torch.float32).reshape(-1, 4)
         labels = torch.tensor(data.get("labels", []), dtype=torch.int64).reshape(-1)
     except (TypeError, ValueError, RuntimeError, AttributeError) as e:
-        raise DataError(f"{path} is malformed ({_one_line(e)}); {hint}") from e
+        raise DataError(f"{path} is malformed ({one_line(e)}); {hint}") from e
     if len(boxes) != len(labels):
         raise DataError(f"{path} has {len(boxes)} boxes but {len(labels)} labels; {hint}")
     if not torch.isfinite(boxes).all() or (boxes[:, 2:] < boxes[:, :2]).any() or (labels < 0).any():
@@ -224,7 +208,7 @@ def _read_boxes(path: Path, num_classes: int | None = None,
 
 def _read_meta(path: Path) -> tuple[str | None, torch.Tensor | None]:
     """``(domain, intrinsics)`` from a meta file."""
-    data = _read_json(path)
+    data = read_json(path)
     domain = data.get("domain")
     if domain is not None and not isinstance(domain, str):
         raise DataError(f"{path}: 'domain' must be a string, got {domain!r}")
@@ -233,12 +217,94 @@ def _read_meta(path: Path) -> tuple[str | None, torch.Tensor | None]:
         try:
             intrinsics = torch.tensor(intrinsics, dtype=torch.float32)
         except (TypeError, ValueError) as e:
-            raise DataError(f"{path}: 'intrinsics' must be a 3x3 list of numbers ({_one_line(e)})") from e
+            raise DataError(f"{path}: 'intrinsics' must be a 3x3 list of numbers ({one_line(e)})") from e
         if intrinsics.shape != (3, 3):
             raise DataError(
                 f"{path}: 'intrinsics' must be a 3x3 list of numbers, got shape {tuple(intrinsics.shape)}"
             )
     return domain, intrinsics
+
+
+class FolderLayout(Layout):
+    """The generic folder layout of the module docstring."""
+
+    name = "folder"
+    looks_for = "an images/ folder (with optional depth/, semseg/, boxes/, meta/ and classes.yaml)"
+    label_tasks = TASKS
+
+    @classmethod
+    def detect(cls, path: Path) -> bool:
+        return (path / "images").is_dir()
+
+    def __init__(self, path: Path, tasks: Sequence[str], split: str | None, options: LayoutOptions,
+                 *, strict: bool = True):
+        super().__init__(path, tasks, split, options, strict=strict)
+        if split is not None:
+            raise DataError(f"{path}: the folder layout has no splits (got split '{split}'); put each split in "
+                            "its own folder and point data.train and data.val at them")
+        self.root = root = self.path
+        if not root.is_dir():
+            raise DataError(f"dataset folder {root} does not exist; check the dataset root path")
+        if not (root / "images").is_dir():
+            raise DataError(f"{root} has no images/ folder; put the input images in {root / 'images'}")
+        images, skipped = _list_folder(root / "images", IMAGE_EXTENSIONS)
+        if not images:
+            raise DataError(f"{root / 'images'} holds no .png/.jpg/.jpeg images")
+        path = root / "classes.yaml"
+        self.classes_source = str(path)
+        if path.is_file():
+            self.class_names, self.ignore_index = _read_classes(path)
+        elif "semseg" in self.tasks or "detection" in self.tasks:
+            raise DataError(
+                f"{path} is missing; segmentation and detection need it: write 'names: [floor, wall, ...]' "
+                "(and optionally 'ignore_index: 255')"
+            )
+        self.ids = tuple(sorted(images))
+        self._images = images
+        self._labels: dict[str, dict[str, Path]] = {}
+        for folder in {LABEL_FOLDERS[t] for t in self.tasks} | {"boxes", "meta"}:
+            files, unused = _list_folder(root / folder, LABEL_EXTENSIONS[folder])
+            self._labels[folder] = {i: p for i, p in files.items() if i in images}
+            skipped += unused + [p for i, p in files.items() if i not in images]
+        self.labelled = {task: frozenset(self._labels[LABEL_FOLDERS[task]]) for task in self.tasks}
+        self.skipped = skipped
+        if skipped:
+            shown = ", ".join(str(p.relative_to(root)) for p in skipped[:5])
+            warnings.warn(
+                f"{root}: ignoring {len(skipped)} file(s) that match no image or have an unsupported "
+                f"extension: {shown}{', ...' if len(skipped) > 5 else ''}",
+                stacklevel=4,
+            )
+
+    def read_image(self, sample_id: str) -> torch.Tensor:
+        return image_tensor(open_image(self._images[sample_id]))
+
+    def read_label(self, sample_id: str, task: str, num_classes: int | None, ignore_index: int) -> torch.Tensor:
+        path = self._labels[LABEL_FOLDERS[task]][sample_id]
+        return _read_depth(path) if task == "depth" else _read_semseg(path, num_classes, ignore_index)
+
+    def read_boxes(self, sample_id: str, num_classes: int | None) -> tuple[torch.Tensor, torch.Tensor] | None:
+        path = self._labels["boxes"].get(sample_id)
+        return None if path is None else _read_boxes(path, num_classes, self.class_names)
+
+    def read_meta(self, sample_id: str) -> tuple[str | None, torch.Tensor | None]:
+        path = self._labels["meta"].get(sample_id)
+        return (None, None) if path is None else _read_meta(path)
+
+    def image_file(self, sample_id: str) -> str:
+        return str(self._images[sample_id])
+
+    def label_file(self, sample_id: str, task: str) -> str:
+        return str(self._labels[LABEL_FOLDERS[task]][sample_id])
+
+    def signature(self, sample_id: str) -> str:
+        return file_signature(self._images[sample_id])
+
+    def identity(self) -> tuple:
+        return ()  # fingerprints of folder datasets stay what they were before layouts existed
+
+    def describe(self) -> str:
+        return "folder"
 
 
 class _StackedTeacherOutputs:
@@ -252,7 +318,9 @@ class _StackedTeacherOutputs:
 
 
 class FolderDataset(torch.utils.data.Dataset):
-    """Images with any subset of labels from the folder layout above; see the module docstring.
+    """Images with any subset of labels from the folder layout above, or from another ``format``
+    (``auto``, ``folder``, ``nyuv2``, ``nyuv2_npy``, ``cityscapes``, ``coco``; see :mod:`.formats`) and
+    its ``split``, configured by ``options``; see the module docstring for the sample.
 
     ``image_size`` (``int`` or ``(h, w)``) resizes every sample before ``transform`` so samples of
     different sizes can be batched. ``transform`` is called as ``transform(sample, rng)`` with
@@ -270,72 +338,57 @@ class FolderDataset(torch.utils.data.Dataset):
         num_classes: int | None = None,
         seed: int = 0,
         image_size: int | Sequence[int] | None = None,
+        format: str = "folder",
+        split: str | None = None,
+        options: Mapping[str, Any] | None = None,
     ):
-        self.root = Path(root)
+        from .formats import open_layout  # the formats import this module
+
         self.tasks = (tasks,) if isinstance(tasks, str) else tuple(tasks)
         unknown = [t for t in self.tasks if t not in TASKS]
         if unknown:
             raise DataError(
                 f"FolderDataset cannot read task(s) {', '.join(unknown)}; it reads {', '.join(TASKS)}"
             )
-        if not self.root.is_dir():
-            raise DataError(f"dataset folder {self.root} does not exist; check the dataset root path")
-        if not (self.root / "images").is_dir():
-            raise DataError(
-                f"{self.root} has no images/ folder; put the input images in {self.root / 'images'}"
-            )
+        self.layout = open_layout(root, self.tasks, format=format, split=split, options=options)
+        self.root = self.layout.root
+        self.format = self.layout.name
+        self.split = self.layout.split
         self.transform = transform
         self.seed = seed
         self._epoch = 0
         self._resize = None if image_size is None else Resize(image_size)
         self._teacher_source: Callable[[int], TeacherMaps] | None = None
         self._keep_grid: frozenset[str] = frozenset()
-        images, skipped = _list_folder(self.root / "images", IMAGE_EXTENSIONS)
-        if not images:
-            raise DataError(f"{self.root / 'images'} holds no .png/.jpg/.jpeg images")
         self._read_class_info(ignore_index, num_classes)
-        self._ids = tuple(sorted(images))
-        self._images = images
-        self._labels: dict[str, dict[str, Path]] = {}
-        for folder in {LABEL_FOLDERS[t] for t in self.tasks} | {"boxes", "meta"}:
-            files, unused = _list_folder(self.root / folder, LABEL_EXTENSIONS[folder])
-            self._labels[folder] = {i: p for i, p in files.items() if i in images}
-            skipped += unused + [p for i, p in files.items() if i not in images]
-        if skipped:
-            shown = ", ".join(str(p.relative_to(self.root)) for p in skipped[:5])
-            warnings.warn(
-                f"{self.root}: ignoring {len(skipped)} file(s) that match no image or have an unsupported "
-                f"extension: {shown}{', ...' if len(skipped) > 5 else ''}",
-                stacklevel=2,
-            )
+        self._ids = self.layout.ids
+        self._labelled = {task: self.layout.labelled.get(task, frozenset()) for task in self.tasks}
 
     def _read_class_info(self, ignore_index: int | None, num_classes: int | None) -> None:
-        path = self.root / "classes.yaml"
-        if path.is_file():
-            names, yaml_ignore = _read_classes(path)
-        elif "semseg" in self.tasks or "detection" in self.tasks:
-            raise DataError(
-                f"{path} is missing; segmentation and detection need it: write 'names: [floor, wall, ...]' "
-                "(and optionally 'ignore_index: 255')"
-            )
-        else:
-            names, yaml_ignore = (), None
+        layout = self.layout
+        names, source = tuple(layout.class_names), layout.classes_source
         if num_classes is not None and names and num_classes != len(names):
-            raise DataError(f"{path} lists {len(names)} classes but num_classes={num_classes} was requested")
+            raise DataError(f"{source} lists {len(names)} classes but num_classes={num_classes} was requested")
         self._class_names = names
         self._num_classes = num_classes if num_classes is not None else (len(names) or None)
         self._ignore_index = next(
-            i for i in (ignore_index, yaml_ignore, DEFAULT_IGNORE_INDEX) if i is not None
+            i for i in (ignore_index, layout.ignore_index, DEFAULT_IGNORE_INDEX) if i is not None
         )
         if self._num_classes is not None and 0 <= self._ignore_index < self._num_classes:
             raise DataError(
                 f"ignore_index {self._ignore_index} is a class id (0..{self._num_classes - 1}); "
-                f"choose a value outside that range in {path}"
+                f"choose a value outside that range in {source}"
             )
 
     @property
     def class_names(self) -> tuple[str, ...]:
         return self._class_names
+
+    @property
+    def box_class_names(self) -> tuple[str, ...]:
+        """The classes boxes can have (COCO: its thing classes, not its stuff); default: all classes."""
+        names = self.layout.box_class_names
+        return self._class_names if names is None else tuple(names)
 
     @property
     def num_classes(self) -> int | None:
@@ -351,25 +404,25 @@ class FolderDataset(torch.utils.data.Dataset):
 
     def label_counts(self) -> dict[str, int]:
         """``{task: number of images with that label}``, from the files present (contents unchecked)."""
-        return {task: len(self._labels[LABEL_FOLDERS[task]]) for task in self.tasks}
+        return {task: len(self._labelled[task]) for task in self.tasks}
 
     def fingerprint(self) -> str:
         """Identifies the images as this dataset serves them (files, sizes, modification times, resize),
         so that anything computed from them (teacher outputs) can be cached and invalidated safely."""
-        h = hashlib.sha256(repr((str(self.root.resolve()), self._resize and self._resize.size)).encode())
+        head = (str(self.root.resolve()), self._resize and self._resize.size) + self.layout.identity()
+        h = hashlib.sha256(repr(head).encode())
         for sample_id in self._ids:
-            st = self._images[sample_id].stat()
-            h.update(f"{sample_id}:{st.st_size}:{st.st_mtime_ns};".encode())
+            h.update(f"{sample_id}:{self.layout.signature(sample_id)};".encode())
         return h.hexdigest()[:16]
 
     def has_label(self, index: int, task: str) -> bool:
         """Whether image ``index`` carries a label for ``task``."""
-        return self._ids[index] in self._labels[LABEL_FOLDERS[task]]
+        return self._ids[index] in self._labelled[task]
 
     def has_any_label(self, index: int) -> bool:
         """Whether image ``index`` carries a label for at least one of the requested tasks."""
         sample_id = self._ids[index]
-        return any(sample_id in self._labels[LABEL_FOLDERS[task]] for task in self.tasks)
+        return any(sample_id in self._labelled[task] for task in self.tasks)
 
     def set_epoch(self, epoch: int) -> None:
         """Select the augmentation stream; each epoch sees a different, reproducible augmentation."""
@@ -409,15 +462,15 @@ class FolderDataset(torch.utils.data.Dataset):
             raise IndexError(f"index {index} out of range for a dataset of {len(self)} images")
         index = int(index) % len(self)
         sample_id = self._ids[index]
-        pil_image = _open_image(self._images[sample_id]).convert("RGB")
-        image = F.to_dtype(F.pil_to_tensor(pil_image), torch.float32, scale=True)
+        image = self.layout.read_image(sample_id)
         size = tuple(image.shape[-2:])
         sample = {"image": image, "targets": {}, "valid": {}, "meta": self._meta(sample_id, index)}
         for task in self.tasks:
-            path = self._labels[LABEL_FOLDERS[task]].get(sample_id)
-            sample["valid"][task] = path is not None
+            labelled = sample_id in self._labelled[task]
+            sample["valid"][task] = labelled
             if task != "detection":  # boxes travel in meta through the transforms (see below)
-                sample["targets"][task] = self._read_target(task, path, size) if path else self._placeholder(task, size)
+                sample["targets"][task] = (self.read_target(sample_id, task, size) if labelled
+                                           else self._placeholder(task, size))
         if self._resize is not None:
             sample = self._resize(sample)
         if self._teacher_source is not None:
@@ -429,16 +482,14 @@ class FolderDataset(torch.utils.data.Dataset):
             sample["targets"]["detection"] = torch.cat([meta["boxes"], meta["box_labels"].float()[:, None]], dim=1)
         return sample
 
-    def _read_target(self, task: str, path: Path, size: tuple[int, int]) -> torch.Tensor:
-        target = (
-            _read_depth(path)
-            if task == "depth"
-            else _read_semseg(path, self._num_classes, self._ignore_index)
-        )
+    def read_target(self, sample_id: str, task: str, size: tuple[int, int]) -> torch.Tensor:
+        """The dense label of ``sample_id`` at its native size, checked to be pixel-aligned with the image."""
+        target = self.layout.read_label(sample_id, task, self._num_classes, self._ignore_index)
         if tuple(target.shape[-2:]) != size:
             raise DataError(
-                f"{path} is {target.shape[-2]}x{target.shape[-1]} but {self._images[path.stem]} is "
-                f"{size[0]}x{size[1]} (HxW); labels must be pixel-aligned with their image"
+                f"{self.layout.label_file(sample_id, task)} is {target.shape[-2]}x{target.shape[-1]} but "
+                f"{self.layout.image_file(sample_id)} is {size[0]}x{size[1]} (HxW); labels must be pixel-aligned "
+                "with their image"
             )
         return target
 
@@ -448,11 +499,9 @@ class FolderDataset(torch.utils.data.Dataset):
         return torch.full(size, self._ignore_index, dtype=torch.int64)
 
     def _meta(self, sample_id: str, index: int) -> dict:
-        boxes_path = self._labels["boxes"].get(sample_id)
-        meta_path = self._labels["meta"].get(sample_id)
         no_boxes = (torch.zeros(0, 4), torch.zeros(0, dtype=torch.int64))
-        boxes, labels = _read_boxes(boxes_path, self._num_classes, self._class_names) if boxes_path else no_boxes
-        domain, intrinsics = _read_meta(meta_path) if meta_path else (None, None)
+        boxes, labels = self.layout.read_boxes(sample_id, self._num_classes) or no_boxes
+        domain, intrinsics = self.layout.read_meta(sample_id)
         return {
             "id": sample_id,
             "index": index,

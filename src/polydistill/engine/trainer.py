@@ -40,6 +40,10 @@ from .logging import StepLog, append_jsonl, truncate_after
 from .sampler import EpochSampler, TaskBalancedSampler
 from .schedule import warmup_cosine
 
+#: the smallest value of a higher-is-better primary metric (mIoU, mAP in [0, 1]) that model selection
+#: measures relative changes against
+MIN_SELECTION_BASELINE = 0.01
+
 
 @dataclass
 class FitResult:
@@ -190,18 +194,23 @@ class Trainer:
             model.train()
 
     def _selection_score(self, metrics: dict[str, dict[str, float]]) -> float:
-        """Δm (primary metrics) relative to each metric's first usable validation value: only used to pick the
-        best step. A primary metric that starts at 0 (a detector's mAP before it finds anything) has no
-        relative change yet: the score is NaN (every step is "best") until all have a non-zero baseline."""
+        """Δm (primary metrics) relative to the first usable validation: only used to pick the
+        best step. The baseline is the first validation at which every primary metric is usable: finite,
+        non-zero and, if higher is better, at least ``MIN_SELECTION_BASELINE`` (a detector's mAP before it
+        finds anything is not: relative to 0.0007, noise reads as +100 % and picked a step whose depth was
+        still diverging). Until then the score is NaN (every step is "best", so the latest is kept)."""
         primary = {t: type(task).primary_metric for t, task in self.tasks.items() if task.has_labels}
         directions = {t: {primary[t]: type(self.tasks[t]).metric_directions[primary[t]]} for t in primary}
-        base = self.selection_baseline = dict(self.selection_baseline or {})
-        for t, m in primary.items():
-            value = metrics.get(t, {}).get(m, float("nan"))
-            if t not in base and math.isfinite(value) and value != 0:
-                base[t] = {m: value}
-        if set(base) != set(primary):
-            return float("nan")
+        if set(self.selection_baseline or {}) != set(primary):
+            def usable(t: str, m: str) -> bool:
+                value = metrics.get(t, {}).get(m, float("nan"))
+                floor = MIN_SELECTION_BASELINE if directions[t][m] else 0.0
+                return math.isfinite(value) and value != 0 and abs(value) >= floor
+
+            if not all(usable(t, m) for t, m in primary.items()):
+                return float("nan")
+            self.selection_baseline = {t: {m: metrics[t][m]} for t, m in primary.items()}
+        base = self.selection_baseline
         core = {t: {m: metrics[t][m]} for t, m in primary.items()}
         return delta_m(core, base, directions, convention="primary", primary=primary)
 
@@ -260,7 +269,8 @@ class Trainer:
         resumed = self.resume() if resume else False
         if resume and not resumed:
             self.accelerator.print("no checkpoint to resume from; starting from step 0")
-        log = (StepLog(self.run_dir / "steps.csv", self.log_columns(), resume=resumed)
+        log = (StepLog(self.run_dir / "steps.csv", self.log_columns(), resume=resumed, start_step=self.step,
+                       tensorboard=self.run_dir / "tensorboard" if self.cfg.tensorboard else None)
                if self.accelerator.is_main_process else None)
         self.model.train()
         end = min(self.total_steps, stop_at_step or self.total_steps)
@@ -379,6 +389,7 @@ class Trainer:
         record["selection_score"] = score
         if self.accelerator.is_main_process:
             if log is not None:
+                log.write_validation(self.step, metrics)
                 log.flush()
             append_jsonl(self.run_dir / "val.jsonl", record)
         if self.best_score is None or score > self.best_score or math.isnan(self.best_score):

@@ -24,6 +24,10 @@ LOSSES = ("l1_log", "silog")
 SILOG_EPS = 1e-8
 
 
+#: the farthest depth a student predicts when the task sets no ``max_depth`` (metres)
+FAR_LIMIT_M = 1000.0
+
+
 def valid_depth(target: torch.Tensor, min_depth: float, max_depth: float | None = None) -> torch.Tensor:
     """Pixels that carry a usable depth: finite, above ``min_depth`` (0 = no measurement), below max."""
     valid = torch.isfinite(target) & (target > min_depth)
@@ -127,7 +131,10 @@ class DepthTask(Task):
         return 1
 
     def predict(self, raw: torch.Tensor) -> torch.Tensor:
-        return torch.exp(raw)
+        """Metric depth, at most ``max_depth`` (default :data:`FAR_LIMIT_M`): a barely trained network in
+        eval mode — batch-norm statistics still catching up with its weights — can reach log-depths of 50,
+        i.e. 1e21 m, and turn every metric into overflow."""
+        return torch.exp(raw.clamp(max=math.log(self.max_depth or FAR_LIMIT_M)))
 
     def raw_from_output(self, output: torch.Tensor) -> torch.Tensor:
         return torch.log(output.float().clamp_min(self.min_depth))
