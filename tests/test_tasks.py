@@ -333,3 +333,13 @@ def test_class_map_sums_probabilities_and_keeps_the_unmapped_mass(tmp_path):
         ClassMap({"floor": ["rug"], "wall": ["rug"]}, ["rug"], ["floor", "wall"])
     with pytest.raises(ConfigError, match="out of range"):
         ClassMap({"floor": [7]}, ["rug"], ["floor", "wall"])
+
+
+def test_depth_predictions_are_capped_at_the_far_limit():
+    """An undertrained network in eval mode can output log-depth 50; metrics must not overflow."""
+    from polydistill.tasks import build_task
+    from polydistill.tasks.depth import FAR_LIMIT_M
+
+    raw = torch.tensor([[[[0.0, 50.0]]]])
+    assert build_task("depth").predict(raw)[0, 0, 0].tolist() == pytest.approx([1.0, FAR_LIMIT_M])
+    assert build_task("depth", max_depth=80.0).predict(raw)[0, 0, 0, 1].item() == pytest.approx(80.0)

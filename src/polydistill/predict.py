@@ -39,8 +39,9 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
+from .data.layout import image_tensor, open_image
 from .errors import ConfigError, DataError
 from .tasks import Task
 from .tasks.depth import DepthTask
@@ -108,14 +109,9 @@ def collect_inputs(inputs: list[Path], videos: bool = True) -> Inputs:
 
 
 def load_image(path: Path) -> torch.Tensor:
-    """``(3, H, W)`` float RGB in [0, 1]; a :class:`DataError` naming the file when it cannot be decoded."""
-    try:
-        with Image.open(path) as im:
-            arr = np.asarray(im.convert("RGB"), dtype=np.float32) / 255.0
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
-        raise DataError(f"cannot read image '{path}': {' '.join(str(exc).split())}; the file is corrupt or not an "
-                        "image — replace or remove it") from None
-    return torch.from_numpy(arr).permute(2, 0, 1)
+    """``(3, H, W)`` float RGB in [0, 1]; a :class:`DataError` naming the file when it cannot be decoded (the
+    datasets' reader, so prediction and training accept and refuse the same files)."""
+    return image_tensor(open_image(path))
 
 
 def resize_image(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
