@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -87,3 +90,23 @@ def teacher_runs(tiny_data, tmp_path_factory) -> dict[str, Path]:
         train_run(load_config(base=cfg), root / name)
         runs[name] = root / name
     return runs
+
+
+@dataclass
+class QuickDemo:
+    out: Path  # the demo's output folder (metrics.json, student/, label_only/)
+    env: dict[str, str]  # the environment it ran in (POLYDISTILL_CACHE: its own data and teachers)
+    result: subprocess.CompletedProcess
+
+
+@pytest.fixture(scope="session")
+def quick_demo(tmp_path_factory) -> QuickDemo:
+    """``polydistill demo --preset quick`` once per session, in its own cache: the end-to-end demo test checks
+    it, and the distributed and crash tests train its student config (real teachers, cache, detection)."""
+    root = tmp_path_factory.mktemp("quick_demo")
+    env = {**os.environ, "POLYDISTILL_CACHE": str(root / "cache")}
+    cmd = [sys.executable, "-m", "polydistill.cli", "demo", "--preset", "quick", "--out", str(root / "demo"),
+           "--no-progress"]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return QuickDemo(out=root / "demo", env=env, result=result)

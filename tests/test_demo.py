@@ -21,12 +21,9 @@ def test_example_configs_validate(path):
 
 
 @pytest.mark.slow
-def test_quick_demo_end_to_end(tmp_path, monkeypatch):
-    monkeypatch.setenv("POLYDISTILL_CACHE", str(tmp_path / "cache"))
-    out = tmp_path / "demo"
+def test_quick_demo_end_to_end(quick_demo, tmp_path):
+    out = quick_demo.out  # the session's quick demo run (tests/conftest.py), in its own empty cache
     cmd = [sys.executable, "-m", "polydistill.cli", "demo", "--preset", "quick", "--out", str(out), "--no-progress"]
-    first = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    assert first.returncode == 0, first.stdout + first.stderr
     m = json.loads((out / "metrics.json").read_text())
     for name, task in (("depth_teacher", "depth"), ("seg_teacher", "semseg"), ("depth_teacher_dusk", "depth"),
                        ("det_teacher", "detection")):
@@ -50,7 +47,7 @@ def test_quick_demo_end_to_end(tmp_path, monkeypatch):
         assert "targets hold" in result.stdout
 
     # a rerun reuses the cached data and teachers
-    second = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    second = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=quick_demo.env)
     assert second.returncode == 0, second.stderr
     assert second.stderr.count("cached at") == 4  # progress and messages go to stderr
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -58,10 +59,18 @@ def test_resume_refuses_a_changed_schedule(tiny_data, tmp_path):
         train_run(longer, tmp_path / "run", resume=True)
 
 
-def test_nan_loss_stops_with_a_clear_error(tiny_data, tmp_path):
-    cfg = load_config(base=tiny_config(tiny_data["train"], None, lr=1e30, grad_clip=None, max_steps=20))
-    with pytest.raises(TrainingError, match=r"loss became .* at step"):
+def test_diverging_training_skips_nan_steps_then_stops_with_a_clear_error(tiny_data, tmp_path):
+    cfg = load_config(base=tiny_config(tiny_data["train"], None, lr=1e30, grad_clip=None, max_steps=20,
+                                       nan_patience=3, save_every=1))
+    with pytest.raises(TrainingError, match=r"3 steps in a row had a non-finite loss .* holds the weights from before"):
         train_run(cfg, tmp_path / "run")
+    rows = read_steps(tmp_path / "run" / "steps.csv")
+    assert all(math.isnan(r["loss"]) for r in rows[-3:]) and math.isfinite(rows[-4]["loss"])  # every skip is logged
+    # the skipped steps made no update: no NaN reached the weights kept in the checkpoint
+    state = json.loads((tmp_path / "run" / "checkpoints" / "last" / "state.json").read_text())
+    assert state["nan_steps"] == state["nan_streak"] == 3 - (int(rows[-1]["step"]) - state["step"])
+    weights = load_file(str(tmp_path / "run" / "checkpoints" / "last" / "model.safetensors"))
+    assert all(torch.isfinite(w).all() for w in weights.values())
 
 
 def test_checkpoint_write_is_atomic(tmp_path):

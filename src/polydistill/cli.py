@@ -7,6 +7,7 @@ anything else is a bug and keeps its traceback.
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import os
@@ -24,6 +25,10 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 console = Console(stderr=True)
 
 
+#: a full disk, a read-only file system, no permission, a quota: the user fixes the storage, not the code
+STORAGE_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT}
+
+
 def friendly_errors(fn):
     """Print user errors on one line and exit 2, instead of a traceback."""
 
@@ -33,6 +38,14 @@ def friendly_errors(fn):
             return fn(*args, **kwargs)
         except PolydistillError as exc:
             console.print(f"[bold red]error:[/] {exc}", soft_wrap=True, highlight=False)
+            raise typer.Exit(2) from None
+        except OSError as exc:
+            if exc.errno not in STORAGE_ERRNOS:
+                raise
+            where = f" writing '{exc.filename}'" if exc.filename else ""
+            console.print(f"[bold red]error:[/]{where}: {exc.strerror} ({errno.errorcode[exc.errno]}); free space or "
+                          "choose a writable --out, then run again (training continues with --resume)",
+                          soft_wrap=True, highlight=False)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             console.print("[yellow]interrupted[/]")
@@ -49,6 +62,7 @@ def demo(
     seed: int = 0,
     workers: Annotated[int | None, typer.Option(help="processes for data generation")] = None,
     progress: bool = True,
+    mixed_precision: Annotated[str, typer.Option(help="the students' autocast: no, bf16 or fp16 (GPU)")] = "no",
 ):
     """Distill a depth teacher and a segmentation teacher into one small student, offline, on built-in data."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -57,7 +71,10 @@ def demo(
 
     if preset not in PRESETS:
         raise PolydistillError(f"unknown preset '{preset}'{did_you_mean(preset, list(PRESETS))}")
-    metrics = run_demo(out, preset, seed=seed, workers=workers, progress=progress, log=console.print)
+    if mixed_precision not in ("no", "bf16", "fp16"):
+        raise PolydistillError(f"--mixed-precision is '{mixed_precision}'; choose no, bf16 or fp16")
+    metrics = run_demo(out, preset, seed=seed, workers=workers, progress=progress, log=console.print,
+                       mixed_precision=mixed_precision)
     s, st = metrics["speed"], metrics["student"]
     console.print(
         f"[bold green]done[/] in {metrics['wall_s']:.0f} s — student depth AbsRel {st['depth']['abs_rel']:.4f}, "
@@ -104,14 +121,16 @@ def train(
 ):
     """Train a student (or, with one task and full labels, a teacher) from a config."""
     from .config import load_config
+    from .distributed import rank
     from .run import train_run
 
     cfg = load_config(config, overrides or [])
     result = train_run(cfg, out, resume=resume)
-    console.print(f"[bold green]done[/]: {result.fit.steps} steps; best step {result.fit.best_step}; "
-                  f"checkpoints in {out / 'checkpoints'}")
-    if result.fit.best_metrics:
-        console.print_json(json.dumps(result.fit.best_metrics))
+    if rank() == 0:  # under torchrun / accelerate launch, one summary
+        console.print(f"[bold green]done[/]: {result.fit.steps} steps; best step {result.fit.best_step}; "
+                      f"checkpoints in {out / 'checkpoints'}")
+        if result.fit.best_metrics:
+            console.print_json(json.dumps(result.fit.best_metrics))
 
 
 @app.command()

@@ -190,6 +190,8 @@ class TrainConfig(StrictModel):
     warmup_steps: int = Field(50, ge=0)
     min_lr_ratio: float = Field(0.01, ge=0, le=1, description="cosine schedule floor as a fraction of lr")
     grad_clip: float | None = Field(5.0, gt=0, description="global gradient-norm clip; null disables")
+    nan_patience: int = Field(5, gt=0, description="a step whose loss is NaN/Inf is skipped (no update) and logged; "
+                              "this many such steps in a row stop the run")
     grad_accum_steps: int = Field(1, gt=0, description="micro-batches of data.batch_size per optimizer step")
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     val_every: int | None = Field(None, gt=0, description="validate every N steps (default: every epoch)")
@@ -260,23 +262,35 @@ def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> Any:
     return OmegaConf.merge(merged, OmegaConf.create(data))
 
 
-def _explain(error: ValidationError, source: str) -> str:
-    """Turn pydantic's report into one line: which key, what is wrong, the suggestion."""
-    first = error.errors()[0]
-    loc = ".".join(str(p) for p in first["loc"])
-    if first["type"] == "extra_forbidden":
-        model: type[BaseModel] = RunConfig
-        for part in first["loc"][:-1]:
+def _problem(item: dict[str, Any]) -> str:
+    """One pydantic error as ``config key 'train.lr': <what is wrong> (got 'fast')`` or an unknown key with a
+    suggestion."""
+    loc = ".".join(str(p) for p in item["loc"])
+    if item["type"] == "extra_forbidden":
+        model: type[BaseModel] | None = RunConfig
+        for part in item["loc"][:-1]:
             field = model.model_fields.get(str(part))
             ann = getattr(field, "annotation", None)
             model = ann if isinstance(ann, type) and issubclass(ann, BaseModel) else None
             if model is None:
                 break
-        key = str(first["loc"][-1])
+        key = str(item["loc"][-1])
         hint = did_you_mean(key, list(model.model_fields)) if model is not None else ""
-        return f"{source}: unknown config key '{loc}'{hint}"
-    more = f" (and {len(error.errors()) - 1} more problems)" if len(error.errors()) > 1 else ""
-    return f"{source}: config key '{loc}': {first['msg']}{more}"
+        return f"unknown config key '{loc}'{hint}"
+    given = item.get("input")
+    got = ""
+    if item["type"] != "missing" and (given is None or isinstance(given, (str, int, float, bool))):
+        shown = repr(given)
+        got = f" (got {shown if len(shown) <= 40 else shown[:37] + '...'})"
+    return f"config key '{loc}': {item['msg']}{got}"
+
+
+def _explain(error: ValidationError, source: str, shown: int = 3) -> str:
+    """Turn pydantic's report into one line: each key, what is wrong with it, the value given or a suggestion
+    (the first ``shown`` problems, then how many more there are)."""
+    problems = [_problem(item) for item in error.errors()]
+    more = f" (and {len(problems) - shown} more problems)" if len(problems) > shown else ""
+    return f"{source}: " + "; ".join(problems[:shown]) + more
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None,

@@ -13,18 +13,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate.utils import set_seed
 from torch.utils.data import Dataset, Subset
 
 from .cache import TeacherCache, cache_slot, open_or_build_cache
 from .config import RunConfig, save_config
-from .data import FolderDataset, build_train_transform, open_dataset
+from .data import FolderDataset, build_train_transform, check_labels, open_dataset
 from .distill import Objective
 from .distill.trajectory import KnowledgeTrajectory
 from .distill.weighting import TASK_WEIGHTINGS, TEACHER_WEIGHTINGS, build_weighting
 from .distill.weighting.base import parse_options
 from .engine.checkpoint import find_checkpoint, load_matching_weights
 from .engine.logging import require_tensorboard
-from .engine.trainer import FitResult, Trainer
+from .engine.trainer import FitResult, Trainer, make_accelerator
 from .errors import ConfigError
 from .evaluation.evaluate import cached_predictor, evaluate
 from .registry import did_you_mean
@@ -246,9 +247,13 @@ def train_run(cfg: RunConfig, run_dir: str | Path, *, resume: bool = False,
     check_names(cfg)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    # one process per device under torchrun / accelerate launch: rank 0 writes files and builds the teacher
+    # cache while the others wait for it (main_process_first), then every rank reads its own slice
+    accelerator = make_accelerator(cfg.train.mixed_precision)
+    main = accelerator.is_main_process
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
-    torch.manual_seed(cfg.train.seed)
+    set_seed(cfg.train.seed)  # Python, NumPy and torch (and CUDA): a run is a function of its config
 
     train_set, plain_train, val_set = build_datasets(cfg)
     student_classes = None
@@ -264,7 +269,8 @@ def train_run(cfg: RunConfig, run_dir: str | Path, *, resume: bool = False,
     if cfg.train.init_from:
         source = find_checkpoint(cfg.train.init_from)
         report = load_matching_weights(model, source)
-        (run_dir / "init_from.json").write_text(json.dumps({"checkpoint": str(source), **report}, indent=2))
+        if main:
+            (run_dir / "init_from.json").write_text(json.dumps({"checkpoint": str(source), **report}, indent=2))
     for teacher in teachers:
         for task in teacher.tasks:
             if task not in tasks:
@@ -273,6 +279,7 @@ def train_run(cfg: RunConfig, run_dir: str | Path, *, resume: bool = False,
                     f"teachers[].tasks to a subset of {list(tasks)}"
                 )
     teachers_per_task = {t: [teacher.name for teacher in teachers if t in teacher.tasks] for t in tasks}
+    check_labels(plain_train, "train", taught={t for t, names in teachers_per_task.items() if names})
 
     sampled: Dataset = train_set
     task_groups = None
@@ -283,19 +290,22 @@ def train_run(cfg: RunConfig, run_dir: str | Path, *, resume: bool = False,
 
     online: list[Teacher] = []
     if teachers and cfg.distill.precompute_teachers:
-        cache = teacher_cache(cfg, teachers, plain_train, run_dir)
+        with accelerator.main_process_first():
+            cache = teacher_cache(cfg, teachers, plain_train, run_dir)
         train_set.attach_teacher_outputs(cache, keep_grid=[n for n, t in tasks.items() if not t.dense_output])
     else:
         online = teachers
 
     weighting = build_weighting(cfg.distill, tasks, teachers_per_task)
     if weighting.needs_teacher_metrics:
-        weighting.teacher.set_teacher_metrics(
-            teacher_validation_metrics(teachers, tasks, cfg, run_dir, cached=not online))
+        with accelerator.main_process_first():
+            weighting.teacher.set_teacher_metrics(
+                teacher_validation_metrics(teachers, tasks, cfg, run_dir, cached=not online))
     scored = {n: t for n, t in tasks.items() if t.has_labels}
     trajectory = KnowledgeTrajectory(cfg.distill.trajectory, model, scored) if cfg.distill.trajectory else None
 
-    save_config(cfg, run_dir / "config.yaml")
+    if main:
+        save_config(cfg, run_dir / "config.yaml")
     kinds = {(t, teacher.name): teacher.output_kind(t) for teacher in teachers for t in teacher.tasks}
     if not online:
         teachers.clear()  # served by the cache from here on: free the networks' memory during training
@@ -305,15 +315,18 @@ def train_run(cfg: RunConfig, run_dir: str | Path, *, resume: bool = False,
         model=model, spec=spec, tasks=tasks, objective=objective, weighting=weighting, train_set=sampled,
         val_set=val_set, cfg=cfg.train, batch_size=cfg.data.batch_size, num_workers=cfg.data.num_workers,
         run_dir=run_dir, online_teachers=online, trajectory=trajectory, task_groups=task_groups,
+        accelerator=accelerator,
     )
     fit = trainer.fit(resume=resume, stop_at_step=stop_at_step)
     summary = {
         "steps": fit.steps, "best_step": fit.best_step, "best_metrics": fit.best_metrics,
         "last_metrics": fit.last_metrics, "train_seconds": fit.train_seconds,
         "samples_per_second": fit.samples_per_second, "skipped_steps": fit.skipped_steps,
+        "nan_steps": fit.nan_steps,
     }
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    if cfg.train.report and trainer.accelerator.is_main_process:
+    if main:
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    if cfg.train.report and main:
         write_run_report(run_dir)
     return RunResult(run_dir=run_dir, fit=fit, spec=spec)
 

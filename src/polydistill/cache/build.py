@@ -27,6 +27,7 @@ from ..data import FolderDataset
 from ..data.collate import collate, move_batch
 from ..teachers import Teacher
 from .errors import CacheError, CacheMismatch, CacheMissing
+from .format import normalise_fingerprint, read_manifest
 from .reader import TeacherCache
 from .writer import CacheWriter
 
@@ -74,20 +75,62 @@ def build_cache(teachers: list[Teacher], dataset: FolderDataset, folder: Path, f
     for teacher in teachers:
         teacher.to(device)
     seconds = {t.name: 0.0 for t in teachers}
-    with CacheWriter(folder, fingerprint, len(dataset), encodings=encodings) as writer, \
-            Progress(disable=not progress, transient=True) as bar:
-        job = bar.add_task("teacher outputs", total=len(dataset))
-        for batch in loader:
-            batch = move_batch(batch, device)
-            index = batch["meta"]["index"].cpu()
-            for teacher in teachers:
-                t0 = time.perf_counter()
-                outputs = teacher.predict(batch["image"])
-                seconds[teacher.name] += time.perf_counter() - t0
-                for task, value in outputs.items():
-                    writer.add(teacher.name, task, index, value)
-            bar.advance(job, len(index))
+    try:
+        with CacheWriter(folder, fingerprint, len(dataset), encodings=encodings) as writer, \
+                Progress(disable=not progress, transient=True) as bar:
+            job = bar.add_task("teacher outputs", total=len(dataset))
+            for batch in loader:
+                batch = move_batch(batch, device)
+                index = batch["meta"]["index"].cpu()
+                for teacher in teachers:
+                    t0 = time.perf_counter()
+                    outputs = teacher.predict(batch["image"])
+                    seconds[teacher.name] += time.perf_counter() - t0
+                    for task, value in outputs.items():
+                        _check_finite(teacher.name, task, value, index, dataset, folder)
+                        writer.add(teacher.name, task, index, value)
+                bar.advance(job, len(index))
+    except OSError as exc:  # disk full, read-only folder: the writer has removed its build folder
+        raise CacheError(f"cannot write the teacher cache {folder} ({exc.strerror or exc}); nothing was cached and an "
+                         "earlier cache there is unchanged. Free disk space or set distill.teacher_cache to a "
+                         "writable folder with room") from exc
     return {"total_s": time.perf_counter() - start, **{f"teacher_s/{n}": s for n, s in seconds.items()}}
+
+
+def _check_finite(teacher: str, task: str, value: torch.Tensor, index: torch.Tensor, dataset: FolderDataset,
+                  folder: Path) -> None:
+    """A teacher output with NaN or Inf is a broken teacher (an fp16 overflow, damaged weights, an image it cannot
+    handle): refuse it naming the teacher and the images, rather than storing values no loss can use."""
+    bad = ~torch.isfinite(value.detach().flatten(1)).all(1)
+    if not bool(bad.any()):
+        return
+    rows = index[bad.cpu()].tolist()
+    files = [dataset.layout.image_file(dataset.ids[i]) for i in rows[:3]]
+    more = f" and {len(rows) - 3} more" if len(rows) > 3 else ""
+    raise CacheError(f"teacher '{teacher}' returned NaN or Inf values for '{task}' on {', '.join(files)}{more}; "
+                     "check the teacher's weights and preprocessing on those images (or remove them). Nothing was "
+                     f"cached: {folder} is unchanged")
+
+
+def describe_change(stored: dict[str, Any], given: dict[str, Any]) -> str:
+    """What differs between the fingerprint a cache was built for and the current one, in words."""
+    parts = []
+    old_t, new_t = stored.get("teachers") or {}, given.get("teachers") or {}
+    for name in sorted(set(old_t) | set(new_t)):
+        if name not in new_t:
+            parts.append(f"teacher '{name}' is gone")
+        elif name not in old_t:
+            parts.append(f"teacher '{name}' is new")
+        elif old_t[name] != new_t[name]:
+            parts.append(f"teacher '{name}' has other weights, preprocessing or tasks")
+    old_d, new_d = stored.get("data") or {}, given.get("data") or {}
+    if old_d.get("count") != new_d.get("count"):
+        parts.append(f"the training set has {new_d.get('count')} images, the cache {old_d.get('count')}")
+    elif old_d != new_d:
+        parts.append("the training images changed (files, sizes, modification times or the resize)")
+    if stored.get("encodings") != given.get("encodings"):
+        parts.append("the encodings changed")
+    return "; ".join(parts)
 
 
 def open_or_build_cache(teachers: list[Teacher], dataset: FolderDataset, root: str | Path, *,
@@ -105,10 +148,16 @@ def open_or_build_cache(teachers: list[Teacher], dataset: FolderDataset, root: s
     except CacheMissing:
         log(f"teacher cache: building {folder} ({len(dataset)} images, {len(teachers)} teachers)")
     except CacheMismatch as exc:
+        try:
+            changed = describe_change(read_manifest(folder).get("fingerprint") or {},
+                                      normalise_fingerprint(fingerprint))
+        except CacheError:
+            changed = ""
+        why = f"{exc} [{changed}]" if changed else str(exc)
         if not rebuild:
-            raise CacheError(f"{exc} (rebuilding is off: set distill.cache.rebuild: true or run "
-                             "`polydistill cache CONFIG --rebuild`)") from None
-        log(f"teacher cache: {exc} — rebuilding")
+            raise CacheError(f"{why} (rebuilding is off: set distill.cache.rebuild: true or run "
+                             "`polydistill cache CONFIG --rebuild`; the cache is left as it is)") from None
+        log(f"teacher cache: {why} — rebuilding")
     timings = build_cache(teachers, dataset, folder, fingerprint, encodings, batch_size=batch_size,
                           num_workers=num_workers, device=device, progress=progress)
     (folder / "build.json").write_text(json.dumps({**timings, "images": len(dataset)}, indent=2))

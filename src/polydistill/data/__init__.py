@@ -6,11 +6,11 @@ from __future__ import annotations
 from ..config import AugmentConfig
 from .collate import collate, move_batch
 from .folder import FolderDataset
-from .formats import FORMATS, open_dataset
+from .formats import FORMATS, check_labels, open_dataset
 from .transforms import ColorJitter, Compose, RandomHorizontalFlip, RandomScaleCrop, Resize
 
 __all__ = ["FORMATS", "ColorJitter", "Compose", "FolderDataset", "RandomHorizontalFlip", "RandomScaleCrop", "Resize",
-           "build_train_transform", "collate", "move_batch", "open_dataset"]
+           "build_train_transform", "check_labels", "collate", "move_batch", "open_dataset"]
 
 
 def build_train_transform(cfg: AugmentConfig) -> Compose | None:

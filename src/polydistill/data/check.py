@@ -90,6 +90,7 @@ def check_split(path: Path, format: str, split: str | None, options: Mapping[str
     pixels = np.zeros(max(num_classes or 0, 1), dtype=np.int64)
     boxes = np.zeros(max(num_classes or 0, 1), dtype=np.int64)
     depth_valid, depth_total, depth_min, depth_max = 0, 0, np.inf, -np.inf
+    nonfinite_pixels, nonfinite_files = 0, 0
 
     def unreadable(exc: DataError, file: str) -> None:
         report.unreadable.append({"file": file, "problem": str(exc)})
@@ -131,6 +132,9 @@ def check_split(path: Path, format: str, split: str | None, options: Mapping[str
             else:
                 values = target.numpy()
                 valid = values[values > 0]
+                nonfinite = _nonfinite_depth(layout.label_file(sample_id, task))
+                nonfinite_pixels += nonfinite
+                nonfinite_files += nonfinite > 0
                 depth_total += values.size
                 depth_valid += valid.size
                 if valid.size:
@@ -144,8 +148,22 @@ def check_split(path: Path, format: str, split: str | None, options: Mapping[str
         report.histogram["detection"] = {name: int(boxes[index[name]]) for name in box_names if name in index}
     if "depth" in tasks and depth_total:
         report.depth = {"valid_fraction": depth_valid / depth_total,
-                        "min_m": depth_min if depth_valid else 0.0, "max_m": depth_max if depth_valid else 0.0}
+                        "min_m": depth_min if depth_valid else 0.0, "max_m": depth_max if depth_valid else 0.0,
+                        "non_finite_pixels": nonfinite_pixels, "non_finite_files": nonfinite_files}
     return report
+
+
+def _nonfinite_depth(file: str) -> int:
+    """NaN/Inf pixels of a float depth file (``.npy``); training reads them as "no measurement", the check
+    counts them so that a broken export (a map of NaNs) does not pass unnoticed."""
+    path = Path(file)
+    if path.suffix.lower() != ".npy" or not path.is_file():
+        return 0
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError):
+        return 0  # reading the label already reported it
+    return int((~np.isfinite(array)).sum()) if np.issubdtype(array.dtype, np.floating) else 0
 
 
 def check_dataset(path: str | Path, format: str = "auto", splits: list[str] | None = None,

@@ -249,7 +249,11 @@ class FolderLayout(Layout):
             raise DataError(f"{root} has no images/ folder; put the input images in {root / 'images'}")
         images, skipped = _list_folder(root / "images", IMAGE_EXTENSIONS)
         if not images:
-            raise DataError(f"{root / 'images'} holds no .png/.jpg/.jpeg images")
+            others = [p.name for p in skipped]
+            shown = ", ".join(others[:5]) + (", ..." if len(others) > 5 else "")
+            found = f" (it has {len(others)} other file(s): {shown}; convert them to PNG or JPEG)" if others else ""
+            raise DataError(f"{root / 'images'} holds no .png/.jpg/.jpeg images{found}; put the dataset's images "
+                            "there, or point the config at the folder that has them")
         path = root / "classes.yaml"
         self.classes_source = str(path)
         if path.is_file():
@@ -489,7 +493,7 @@ class FolderDataset(torch.utils.data.Dataset):
             raise DataError(
                 f"{self.layout.label_file(sample_id, task)} is {target.shape[-2]}x{target.shape[-1]} but "
                 f"{self.layout.image_file(sample_id)} is {size[0]}x{size[1]} (HxW); labels must be pixel-aligned "
-                "with their image"
+                f"with their image — re-export the label at {size[0]}x{size[1]} (labels are never stretched to fit)"
             )
         return target
 

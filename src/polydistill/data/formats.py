@@ -8,7 +8,8 @@ each format looks for.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import warnings
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -77,4 +78,39 @@ def open_dataset(cfg: DataConfig, role: str, tasks: Sequence[str], **kwargs: Any
     if cfg.format == "auto" and cls is not FolderLayout and key not in _announced:
         _announced.add(key)
         print(f"data.{role}: {path} is a {dataset.layout.describe()} dataset ({len(dataset)} images)", flush=True)
+    if role == "val":
+        check_labels(dataset, "val")
     return dataset
+
+
+def _where(dataset: FolderDataset) -> str:
+    split = f" (split {dataset.split})" if dataset.split else ""
+    return f"{dataset.root}{split}"
+
+
+def check_labels(dataset: FolderDataset, role: str, taught: Collection[str] = ()) -> None:
+    """Refuse a split that can neither teach nor measure what the run asks for, before any work starts.
+
+    ``role="train"``: every task must have labels in the split or a teacher (``taught``) — a task with
+    neither would never learn, and a run without any signal would only write an untrained student.
+    ``role="val"``: at least one task needs labels (validation measures against labels only); a task
+    without any is warned about, since its metrics stay NaN (a teacher-only task on unlabelled data)."""
+    counts = dataset.label_counts()
+    where = _where(dataset)
+    if role == "train":
+        for task, count in counts.items():
+            if count == 0 and task not in taught:
+                raise DataError(
+                    f"data.train {where}: none of its {len(dataset)} images carries a '{task}' label and no teacher "
+                    f"teaches '{task}', so the task would never learn; add '{task}' labels, a teacher with "
+                    f"tasks: [{task}], or remove tasks.{task}")
+        return
+    if counts and not any(counts.values()):
+        raise DataError(
+            f"data.{role} {where}: none of its {len(dataset)} images carries a label of the tasks "
+            f"{', '.join(counts)}, so validation cannot measure anything; point data.{role} at a labelled split "
+            "or remove it")
+    for task, count in counts.items():
+        if count == 0:
+            warnings.warn(f"data.{role} {where} has no '{task}' labels: its '{task}' metrics will be NaN and model "
+                          "selection uses the other tasks", stacklevel=3)

@@ -37,6 +37,9 @@ def one_line(error: Exception) -> str:
 def open_image(path: Path) -> Image.Image:
     """Decode the whole file now, so that a corrupt or truncated file fails here, naming itself."""
     try:
+        if path.stat().st_size == 0:
+            raise DataError(f"{path} is empty (0 bytes), not an image — an interrupted copy or download? "
+                            "Copy the file again or remove it")
         image = Image.open(path)
         image.load()
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
@@ -47,8 +50,18 @@ def open_image(path: Path) -> Image.Image:
     return image
 
 
+#: Pillow's modes of 16-bit (and 32-bit integer) single-channel images
+_WIDE_GREY = ("I;16", "I;16B", "I;16L", "I")
+
+
 def image_tensor(image: Image.Image) -> torch.Tensor:
-    """``(3, H, W)`` float in [0, 1] from any PIL image (grey, palette and RGBA become RGB)."""
+    """``(3, H, W)`` float in [0, 1] from any PIL image (grey, palette and RGBA become RGB; alpha is dropped).
+
+    16-bit grey images are scaled by 65535, not clipped: Pillow's ``convert("RGB")`` would saturate every
+    value above 255 to white."""
+    if image.mode in _WIDE_GREY:
+        grey = torch.from_numpy(np.asarray(image).astype(np.float32) / 65535.0).clamp_(0.0, 1.0)
+        return grey[None].expand(3, -1, -1).contiguous()
     return F.to_dtype(F.pil_to_tensor(image.convert("RGB")), torch.float32, scale=True)
 
 

@@ -8,11 +8,14 @@ Layout of one checkpoint directory::
     state.json            step, epoch, scheduler, weighting, optimizer scalars, RNG states, metrics
 
 A checkpoint is first written to a temporary sibling directory and then renamed into place, so an
-interrupted write never leaves a half-written checkpoint under the final name.
+interrupted write never leaves a half-written checkpoint under the final name; a write that fails (disk
+full, read-only folder) leaves the previous checkpoint in place and raises :class:`CheckpointError`.
+Reading a damaged file (garbage bytes, a truncated JSON) is a :class:`CheckpointError` naming the file.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import random
@@ -27,6 +30,11 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ..errors import PolydistillError
+
+
+class CheckpointError(PolydistillError):
+    """A checkpoint cannot be written or read; the message names the folder or file and what to do."""
+
 
 MODEL_FILE = "model.safetensors"
 SPEC_FILE = "model.json"
@@ -86,9 +94,12 @@ def save_checkpoint(directory: str | Path, *, model: nn.Module, spec: dict[str, 
                     optimizer: torch.optim.Optimizer | None = None, state: dict[str, Any] | None = None) -> Path:
     """Atomically write a checkpoint directory (see module docstring)."""
     directory = Path(directory)
-    directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = directory.parent / f".tmp-{directory.name}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
+    try:
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        tmp.mkdir()
+    except OSError as exc:
+        raise _write_error(directory, exc) from exc
     try:
         save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp / MODEL_FILE))
         (tmp / SPEC_FILE).write_text(json.dumps(spec, indent=2))
@@ -106,13 +117,55 @@ def save_checkpoint(directory: str | Path, *, model: nn.Module, spec: dict[str, 
         if directory.exists():
             old = directory.parent / f".old-{directory.name}-{uuid.uuid4().hex[:8]}"
             directory.rename(old)
-        tmp.rename(directory)
+        try:
+            tmp.rename(directory)
+        except BaseException:
+            if old is not None and not directory.exists():
+                old.rename(directory)  # put the previous checkpoint back under its name
+            raise
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(exc, OSError):
+            raise _write_error(directory, exc) from exc
         raise
     return directory
+
+
+def _write_error(directory: Path, exc: OSError) -> CheckpointError:
+    reason = exc.strerror or str(exc)
+    code = f"{errno.errorcode.get(exc.errno, exc.errno)}: " if exc.errno else ""
+    kept = "the previous checkpoint there is unchanged" if directory.exists() else "nothing was written there"
+    return CheckpointError(
+        f"cannot write checkpoint {directory} ({code}{reason}); {kept}. Free disk space or make {directory.parent} "
+        "writable, then continue with --resume")
+
+
+def _damaged(path: Path, exc: BaseException) -> CheckpointError:
+    what = " ".join(str(exc).split()) or type(exc).__name__
+    if isinstance(exc, FileNotFoundError):
+        return CheckpointError(f"checkpoint file {path} is missing; the checkpoint is incomplete — use another "
+                               "checkpoint of the run (checkpoints/best or checkpoints/last) or train again")
+    return CheckpointError(f"checkpoint file {path} is damaged or truncated ({type(exc).__name__}: {what}); restore "
+                           "it from a copy, use another checkpoint of the run (checkpoints/best or checkpoints/last) "
+                           "or train again")
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise _damaged(path, exc) from None
+
+
+def _read_tensors(path: Path) -> dict[str, torch.Tensor]:
+    """A safetensors file; garbage bytes or a truncated file are an error naming it (safetensors raises its own
+    exception type, not an OSError)."""
+    try:
+        return load_file(str(path))
+    except Exception as exc:  # noqa: BLE001 - SafetensorError, OSError: the file cannot be used either way
+        raise _damaged(path, exc) from None
 
 
 def find_checkpoint(path: str | Path) -> Path:
@@ -135,12 +188,17 @@ def find_checkpoint(path: str | Path) -> Path:
 
 
 def load_spec(directory: str | Path) -> dict[str, Any]:
-    return json.loads((Path(directory) / SPEC_FILE).read_text())
+    path = Path(directory) / SPEC_FILE
+    spec = _read_json(path)
+    if not isinstance(spec, dict) or not isinstance(spec.get("tasks"), dict):
+        raise CheckpointError(f"checkpoint file {path} is not a polydistill model spec (a JSON object with 'tasks'); "
+                              "it was overwritten or comes from another tool — restore it or train again")
+    return spec
 
 
 def load_weights(model: nn.Module, directory: str | Path) -> None:
     """Load weights strictly (a mismatch means the spec and weights disagree)."""
-    state = load_file(str(Path(directory) / MODEL_FILE))
+    state = _read_tensors(Path(directory) / MODEL_FILE)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise PolydistillError(
@@ -153,7 +211,7 @@ def load_matching_weights(model: nn.Module, directory: str | Path) -> dict[str, 
     """Initialise ``model`` from another run's weights: tensors with the same name and shape load, the rest
     keep their fresh initialisation. Returns ``{"loaded", "fresh", "ignored"}`` key lists (for the log).
     Nothing loads at all → an error (the checkpoint is for another architecture)."""
-    state = load_file(str(Path(directory) / MODEL_FILE))
+    state = _read_tensors(Path(directory) / MODEL_FILE)
     own = model.state_dict()
     loadable = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
     if not loadable:
@@ -167,9 +225,29 @@ def load_matching_weights(model: nn.Module, directory: str | Path) -> dict[str, 
 def load_training_state(directory: str | Path, optimizer: torch.optim.Optimizer | None) -> dict[str, Any]:
     """Restore optimizer and RNG state; return the JSON state (step, epoch, scheduler, ...)."""
     directory = Path(directory)
-    state = json.loads((directory / STATE_FILE).read_text())
-    tensors = load_file(str(directory / TRAINING_FILE))
+    state = _read_json(directory / STATE_FILE)
+    if not isinstance(state, dict) or "rng" not in state:
+        raise CheckpointError(f"checkpoint file {directory / STATE_FILE} is not a polydistill training state; "
+                              "restore it or start the run over")
+    tensors = _read_tensors(directory / TRAINING_FILE)
     if optimizer is not None and "optimizer" in state:
         optimizer.load_state_dict(_join_tensors(state["optimizer"], tensors))
     set_rng_state(state["rng"], tensors.get("rng.torch"))
     return {k: _join_tensors(v, tensors) if k != "optimizer" else v for k, v in state.items()}
+
+
+def recover_checkpoint(directory: str | Path) -> None:
+    """Undo what a kill in the middle of :func:`save_checkpoint` leaves behind, before resuming.
+
+    Killed between its two renames, ``directory`` is missing and the previous checkpoint sits complete under
+    ``.old-<name>-*``: it is renamed back. Half-written ``.tmp-<name>-*`` folders and a leftover ``.old`` copy
+    (killed before its removal) are deleted; the checkpoint under the final name is never touched.
+    """
+    directory = Path(directory)
+    if not directory.parent.exists():
+        return
+    olds = sorted(directory.parent.glob(f".old-{directory.name}-*"), key=lambda p: p.stat().st_mtime)
+    if not directory.exists() and olds and (olds[-1] / STATE_FILE).is_file():
+        olds.pop().rename(directory)
+    for leftover in [*olds, *directory.parent.glob(f".tmp-{directory.name}-*")]:
+        shutil.rmtree(leftover, ignore_errors=True)

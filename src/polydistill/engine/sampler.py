@@ -1,7 +1,7 @@
 """A deterministic epoch sampler: the order of epoch *e* depends only on (seed, e).
 
 That is what makes resume exact: a run restarted at step *s* rebuilds the same permutation and skips
-the batches it already consumed, without replaying them. It also shards by rank for multi-process runs.
+the batches it already consumed, without replaying them. It also deals batches to ranks for multi-process runs.
 """
 
 from __future__ import annotations
@@ -10,6 +10,17 @@ from collections.abc import Iterator
 
 import torch
 from torch.utils.data import Sampler
+
+
+def deal_batches(order: list[int], batch_size: int, rank: int, world_size: int) -> list[int]:
+    """Cut ``order`` into batches and deal them to the ranks in turn: rank *r* gets batches r, r + W, ...
+
+    Dealing whole batches (not single images) means the images one rank normalises together in a batch
+    are the images one micro-batch of a single process with ``grad_accum_steps = W`` would see, so W ranks
+    train exactly like one process accumulating W batches (same batch-norm groups, same gradient mean).
+    """
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    return [i for batch in batches[rank::world_size] for i in batch]
 
 
 class EpochSampler(Sampler[int]):
@@ -25,8 +36,8 @@ class EpochSampler(Sampler[int]):
     def _indices(self) -> list[int]:
         g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
         order = torch.randperm(self.size, generator=g).tolist()
-        usable = self.batches_per_epoch() * self.batch_size * self.world_size
-        mine = order[:usable][self.rank :: self.world_size]  # drop the ragged tail: BN needs full batches
+        usable = self.batches_per_epoch() * self.batch_size * self.world_size  # drop the ragged tail: BN needs
+        mine = deal_batches(order[:usable], self.batch_size, self.rank, self.world_size)  # full batches
         return mine[self.skip_batches * self.batch_size :]
 
     def __iter__(self) -> Iterator[int]:
@@ -65,7 +76,8 @@ class TaskBalancedSampler(Sampler[int]):
         while len(out) < self._rounds():
             g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch * 1009 + k * 101 + cycle)
             order = [group[i] for i in torch.randperm(len(group), generator=g).tolist()]
-            mine = order[: per_pass * self.batch_size * self.world_size][self.rank :: self.world_size]
+            mine = deal_batches(order[: per_pass * self.batch_size * self.world_size], self.batch_size, self.rank,
+                                self.world_size)
             out += [mine[i : i + self.batch_size] for i in range(0, len(mine), self.batch_size)]
             cycle += 1
         return out[: self._rounds()]

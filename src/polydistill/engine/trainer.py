@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,12 +30,20 @@ from ..data.collate import collate, move_batch
 from ..distill.objective import Objective
 from ..distill.trajectory import KnowledgeTrajectory
 from ..distill.weighting import StepContext, Weighting
-from ..errors import TrainingError
+from ..distributed import (
+    any_over_ranks,
+    average_buffers,
+    average_gradients,
+    broadcast_from_main,
+    nanmean_over_ranks,
+)
+from ..errors import DataError, TrainingError
 from ..evaluation.delta_m import delta_m
 from ..evaluation.evaluate import evaluate, student_predictor
 from ..tasks import Task
 from ..teachers import Teacher
-from .checkpoint import load_training_state, load_weights, save_checkpoint
+from ..teachers.base import TeacherOutputError
+from .checkpoint import load_training_state, load_weights, recover_checkpoint, save_checkpoint
 from .logging import StepLog, append_jsonl, truncate_after
 from .sampler import EpochSampler, TaskBalancedSampler
 from .schedule import warmup_cosine
@@ -54,6 +62,16 @@ class FitResult:
     train_seconds: float
     samples_per_second: float
     skipped_steps: int = 0  # batches with no label and no teacher output (no update was made)
+    nan_steps: int = 0  # steps skipped because the loss was NaN/Inf (no update was made)
+
+
+@dataclass
+class MicroResult:
+    """One micro-batch: its loss and log row, nothing (no signal), or why its loss was not finite."""
+
+    loss: float | None = None
+    row: dict[str, Any] | None = None
+    nonfinite: str | None = None
 
 
 def make_accelerator(mixed_precision: str) -> Accelerator:
@@ -127,6 +145,10 @@ class Trainer:
         self.save_every = cfg.save_every or self.val_every
         self.step = 0
         self.skipped_steps = 0
+        self.nan_steps = 0
+        self.nan_streak = 0  # consecutive non-finite steps (train.nan_patience stops the run)
+        self.nan_reason = ""
+        self.distributed = self.accelerator.num_processes > 1
         self.best_score: float | None = None
         self.best_step: int | None = None
         self.best_metrics: dict[str, dict[str, float]] | None = None
@@ -135,7 +157,7 @@ class Trainer:
     # ----------------------------------------------------------------------------------------- state
 
     def _state(self) -> dict[str, Any]:
-        return {
+        state = {
             "step": self.step,
             "epoch": self.step // self.steps_per_epoch,
             "total_steps": self.total_steps,
@@ -144,7 +166,14 @@ class Trainer:
             "best_metrics": self.best_metrics,
             "selection_baseline": self.selection_baseline,
             "weighting": dict(self.weighting.state_dict()),
+            "skipped_steps": self.skipped_steps,
+            "nan_steps": self.nan_steps,
+            "nan_streak": self.nan_streak,
         }
+        scaler = getattr(self.accelerator, "scaler", None)
+        if scaler is not None:  # fp16's loss scale and its growth tracker: resume must continue them
+            state["scaler"] = scaler.state_dict()
+        return state
 
     def save(self, name: str, metrics: dict[str, dict[str, float]] | None = None) -> None:
         if not self.accelerator.is_main_process:
@@ -162,8 +191,12 @@ class Trainer:
     def resume(self) -> bool:
         """Restore the ``last`` checkpoint if there is one; return whether training resumes."""
         last = self.ckpt_dir / "last"
-        if not (last / "state.json").exists():
-            return False
+        if self.accelerator.is_main_process:  # a kill while a checkpoint was being replaced
+            recover_checkpoint(last)
+            recover_checkpoint(self.ckpt_dir / "best")
+        self.accelerator.wait_for_everyone()
+        if not last.exists():
+            return False  # a missing file inside it is an error (load_training_state names it), not a fresh start
         load_weights(self.accelerator.unwrap_model(self.model), last)
         state = load_training_state(last, self.optimizer)
         if state["total_steps"] != self.total_steps:
@@ -175,6 +208,11 @@ class Trainer:
         self.best_score, self.best_step = state["best_score"], state["best_step"]
         self.best_metrics, self.selection_baseline = state["best_metrics"], state["selection_baseline"]
         self.weighting.load_state_dict(state["weighting"])
+        self.skipped_steps = state.get("skipped_steps", 0)
+        self.nan_steps, self.nan_streak = state.get("nan_steps", 0), state.get("nan_streak", 0)
+        scaler = getattr(self.accelerator, "scaler", None)
+        if scaler is not None and "scaler" in state:
+            scaler.load_state_dict(state["scaler"])
         if self.trajectory is not None and "trajectory" in state:
             self.trajectory.load_state_dict(state["trajectory"])
         truncate_after(self.run_dir / "steps.csv", self.step)
@@ -184,14 +222,20 @@ class Trainer:
     # ------------------------------------------------------------------------------------ evaluation
 
     def validate(self) -> dict[str, dict[str, float]]:
-        model = self.accelerator.unwrap_model(self.model)
-        model.eval()
-        try:
-            with self.accelerator.autocast():
-                return evaluate(student_predictor(model, self.tasks), self.tasks, self.val_set,
-                                batch_size=self.batch_size * 2, device=self.device)
-        finally:
-            model.train()
+        """The student's metrics on the validation set. With several processes rank 0 evaluates and every rank
+        receives its numbers, so validation feedback (teacher weights, the trajectory, model selection) is
+        identical everywhere."""
+        metrics = None
+        if self.accelerator.is_main_process:
+            model = self.accelerator.unwrap_model(self.model)
+            model.eval()
+            try:
+                with self.accelerator.autocast():
+                    metrics = evaluate(student_predictor(model, self.tasks), self.tasks, self.val_set,
+                                       batch_size=self.batch_size * 2, device=self.device)
+            finally:
+                model.train()
+        return broadcast_from_main(metrics)
 
     def _selection_score(self, metrics: dict[str, dict[str, float]]) -> float:
         """Δm (primary metrics) relative to the first usable validation: only used to pick the
@@ -254,8 +298,11 @@ class Trainer:
         if hasattr(self.train_set, "set_epoch"):
             self.train_set.set_epoch(epoch)
         sampler = self._sampler(epoch, skip_batches)
+        # its own generator: a DataLoader draws its workers' base seed from the global torch RNG otherwise, and
+        # a resumed run (one loader more, mid-epoch) would continue with another RNG state than an unbroken one
+        generator = torch.Generator().manual_seed(self.cfg.seed * 1_000_003 + epoch)
         return DataLoader(self.train_set, batch_size=self.batch_size, sampler=sampler, drop_last=True,
-                          collate_fn=collate, num_workers=self.num_workers,
+                          collate_fn=collate, num_workers=self.num_workers, generator=generator,
                           persistent_workers=False, pin_memory=self.device.type == "cuda")
 
     def log_columns(self) -> list[str]:
@@ -298,17 +345,23 @@ class Trainer:
                         row.update(step=self.step, epoch=epoch, loss=loss_value, samples_per_s=speed)
                         if log is not None:
                             log.write(row)
+                        self._check_nan_patience()
                         progress.update(bar, completed=self.step, loss=loss_value, speed=speed)
                         due = self.step % self.val_every == 0 or self.step == self.total_steps
                         if self.val_set is not None and due:
                             last_metrics = self._after_validation(self.validate(), log)
                         if self.step % self.save_every == 0 or self.step >= end:
+                            if log is not None:
+                                log.flush()  # the log reaches the checkpoint's step: resume cuts it back to there
                             self.save("last", last_metrics)
                         if self.step >= end:
                             break
         except KeyboardInterrupt:
             self.save("last", last_metrics)
             self.accelerator.print(f"interrupted at step {self.step}; continue with --resume")
+            raise
+        except (DataError, TeacherOutputError):  # bad input found between steps: keep the steps done so far
+            self.save("last", last_metrics)
             raise
         finally:
             if log is not None:
@@ -317,14 +370,19 @@ class Trainer:
         return FitResult(
             steps=self.step, best_step=self.best_step, best_metrics=self.best_metrics, last_metrics=last_metrics,
             train_seconds=elapsed, samples_per_second=seen / max(elapsed, 1e-9), skipped_steps=self.skipped_steps,
+            nan_steps=self.nan_steps,
         )
 
     def _context(self, micro_batch: int = 0) -> StepContext:
         return StepContext(step=self.step, steps_per_epoch=self.steps_per_epoch, seed=self.cfg.seed,
                            micro_batch=micro_batch)
 
-    def _micro_step(self, batch: dict, index: int, count: int) -> tuple[float, dict[str, Any]] | None:
-        """Forward, loss and backward of one micro-batch (gradients accumulate); None if it has no signal."""
+    def _micro_step(self, batch: dict, index: int, count: int) -> MicroResult:
+        """Forward, loss and backward of one micro-batch (gradients accumulate).
+
+        With several processes every rank takes the same branch (the checks are all-reduced) and every rank
+        runs a backward that touches every student parameter — a rank whose batch carries no signal adds
+        zero times the outputs — so DDP's gradient all-reduce always completes."""
         teacher_outputs = self._teacher_outputs(batch)
         ctx = self._context(index)
         with self.accelerator.autocast():
@@ -333,21 +391,52 @@ class Trainer:
         table = self.objective(raw, batch, teacher_outputs, memory_outputs=memory,
                                pixel_weighting=self.weighting.pixel_weights,
                                teacher_stats=self.weighting.needs_teacher_stats)
+        values = {term_key(*k): t.value.detach().float() for k, t in table.items()}
+        finite = bool(torch.isfinite(torch.stack(list(values.values()))).all()) if values else True
+        if any_over_ranks(not finite):  # before the weighting sees it: a NaN must not enter its statistics
+            return MicroResult(nonfinite=self._describe(values))
         phase = self.weighting.task_losses(table, ctx)
-        if not phase.losses:  # no label and no teacher output in this batch (sparse labels, no teachers)
-            return None
-        norms = self._shared_grad_norms(phase.losses) if self.weighting.needs_rep_grads else None
-        loss, row = self.weighting.total(phase, ctx, norms)
-        if not torch.isfinite(loss):
-            terms = ", ".join(f"{term_key(*k)}={float(t.value.detach()):.4g}" for k, t in table.items())
-            raise TrainingError(
-                f"the loss became {float(loss.detach())} at step {self.step} ({terms}); lower train.lr, set "
-                f"train.grad_clip, or check the labels — the last good checkpoint is {self.ckpt_dir / 'last'}"
-            )
+        norms = (self._shared_grad_norms(phase.losses) if self.weighting.needs_rep_grads and phase.losses
+                 else None)
+        if self.distributed:
+            ctx, norms = self._global_statistics(ctx, phase.losses, norms)
+        if phase.losses:
+            loss, row = self.weighting.total(phase, ctx, norms)
+        else:  # no label and no teacher output in this batch (sparse labels, no teachers)
+            loss, row = raw[next(iter(raw))].new_zeros((), dtype=torch.float32), {}
+        if any_over_ranks(not bool(torch.isfinite(loss.detach()))):
+            return MicroResult(nonfinite=f"total {float(loss.detach()):.4g} ({self._describe(values)})")
+        if self.distributed:  # zero gradients for the heads this batch did not use, so DDP's buckets fill
+            loss = loss + sum(0.0 * out.float().sum() for out in raw.values())
+        if not phase.losses and not self.distributed:
+            return MicroResult()
         self.accelerator.backward(loss / count)
-        for key, term in table.items():
-            row[f"loss/{term_key(*key)}"] = float(term.value.detach())
-        return float(loss.detach()), row
+        if not phase.losses:
+            return MicroResult()
+        for key, value in values.items():
+            row[f"loss/{key}"] = float(value)
+        return MicroResult(loss=float(loss.detach()), row=row)
+
+    @staticmethod
+    def _describe(values: dict[str, torch.Tensor]) -> str:
+        return ", ".join(f"{k}={float(v):.4g}" for k, v in values.items())
+
+    def _global_statistics(self, ctx: StepContext, losses: dict[str, torch.Tensor],
+                           norms: dict[str, torch.Tensor] | None) -> tuple[StepContext, dict | None]:
+        """Every task loss (and, for GradNorm, every gradient norm on the shared features) averaged over the
+        ranks that have it, in one all-reduce: the statistics the strategies keep are then the same on every
+        rank. A fixed-length vector (NaN where a rank lacks a task), so ranks never disagree on the call."""
+        names = list(self.tasks)
+        nan = torch.tensor(float("nan"))
+        vector = torch.stack(
+            [losses[t].detach().float().cpu() if t in losses else nan for t in names]
+            + [norms[t].detach().float().cpu() if norms and t in norms else nan for t in names]
+        )
+        means = nanmean_over_ranks(vector).tolist()
+        global_losses = {t: v for t, v in zip(names, means[: len(names)]) if math.isfinite(v)}
+        if norms is not None:
+            norms = {t: torch.tensor(means[len(names) + names.index(t)], device=n.device) for t, n in norms.items()}
+        return replace(ctx, global_losses=global_losses), norms
 
     def _train_step(self, micro: list[dict]) -> tuple[float, dict[str, Any]]:
         factor = warmup_cosine(self.step, self.total_steps, self.cfg.warmup_steps, self.cfg.min_lr_ratio)
@@ -355,20 +444,31 @@ class Trainer:
             group["lr"] = group["base_lr"] * factor
         lr = self.cfg.lr * factor
         self.optimizer.zero_grad(set_to_none=True)
+        # a skipped step must leave no trace: its forward already moved the batch-norm (and teacher-norm)
+        # running statistics, with the same NaN/Inf that made the loss non-finite
+        buffers = [b.detach().clone() for b in self.accelerator.unwrap_model(self.model).buffers()]
         results = []
         for i, batch in enumerate(micro):
             last = i == len(micro) - 1
             with nullcontext() if last else self.accelerator.no_sync(self.model):
                 result = self._micro_step(batch, i, len(micro))
-            if result is not None:
-                results.append(result)
-        if not results:
+            if result.nonfinite is not None:  # every rank sees it: skip the whole step, keep the weights
+                with torch.no_grad():
+                    for buffer, before in zip(self.accelerator.unwrap_model(self.model).buffers(), buffers):
+                        buffer.copy_(before)
+                return self._skip_nonfinite(result.nonfinite, lr)
+            if result.loss is not None:
+                results.append((result.loss, result.row))
+        if not any_over_ranks(bool(results)):
             self.step += 1
             self.skipped_steps += 1
             return float("nan"), {"lr": lr}
+        self.nan_streak = 0
+        average_gradients(self.weighting.parameters())  # DDP syncs the student only
         if self.cfg.grad_clip is not None:
             self.accelerator.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
         self.optimizer.step()
+        average_buffers(self.accelerator.unwrap_model(self.model))
         self.step += 1
         self.weighting.after_step(self._context())
         if self.trajectory is not None:
@@ -377,7 +477,36 @@ class Trainer:
         for key in {k for _, r in results for k in r}:
             values = [r[key] for _, r in results if key in r]
             row[key] = sum(values) / len(values)
-        return sum(v for v, _ in results) / len(results), row
+        loss = sum(v for v, _ in results) / len(results) if results else float("nan")
+        if self.distributed:  # the log shows the mean over every rank's batch
+            loss, row = self._reduce_row(loss, row)
+        return loss, row
+
+    def _skip_nonfinite(self, what: str, lr: float) -> tuple[float, dict[str, Any]]:
+        """A NaN/Inf loss: no update, count it, warn; ``train.nan_patience`` of them in a row stop the run."""
+        self.step += 1
+        self.nan_steps += 1
+        self.nan_streak += 1
+        self.accelerator.print(f"warning: step {self.step}: non-finite loss ({what}); step skipped, weights "
+                               f"unchanged ({self.nan_streak} in a row, train.nan_patience {self.cfg.nan_patience})")
+        self.nan_reason = what
+        return float("nan"), {"lr": lr}
+
+    def _check_nan_patience(self) -> None:
+        if self.nan_streak >= self.cfg.nan_patience:
+            raise TrainingError(
+                f"{self.nan_streak} steps in a row had a non-finite loss (last, at step {self.step}: "
+                f"{self.nan_reason}); lower train.lr, set train.grad_clip or train.mixed_precision: no, or check "
+                f"the labels and the teachers' outputs for NaN/Inf. {self.ckpt_dir / 'last'} holds the weights "
+                "from before these steps"
+            )
+
+    def _reduce_row(self, loss: float, row: dict[str, Any]) -> tuple[float, dict[str, Any]]:
+        keys = [c for c in self.log_columns() if c not in ("step", "epoch", "lr", "samples_per_s", "loss")]
+        local = [loss] + [float(row.get(k, float("nan"))) for k in keys]
+        reduced = nanmean_over_ranks(torch.tensor(local, dtype=torch.float64)).tolist()
+        row.update({k: v for k, v in zip(keys, reduced[1:]) if math.isfinite(v) or k in row})
+        return reduced[0], row
 
     def _after_validation(self, metrics: dict[str, dict[str, float]],
                           log: StepLog | None) -> dict[str, dict[str, float]]:

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from ..config import TeacherConfig
 from ..errors import ConfigError
 from ..registry import Registry
-from .base import Teacher
+from .base import Teacher, TeacherOutputError
 from .checkpoint import CheckpointTeacher
 from .huggingface import HuggingFaceTeacher
 from .onnx import OnnxTeacher
@@ -43,8 +43,8 @@ TEACHER_SOURCES.register("timm")(_timm_teacher)
 TEACHER_SOURCES.register("torchvision")(_torchvision_teacher)
 
 __all__ = [
-    "TEACHER_SOURCES", "CheckpointTeacher", "HuggingFaceTeacher", "OnnxTeacher", "Teacher", "TorchvisionTeacher",
-    "build_teacher",
+    "TEACHER_SOURCES", "CheckpointTeacher", "HuggingFaceTeacher", "OnnxTeacher", "Teacher", "TeacherOutputError",
+    "TorchvisionTeacher", "build_teacher",
 ]
 
 

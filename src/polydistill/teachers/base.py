@@ -18,10 +18,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import ConfigError
+from ..errors import ConfigError, PolydistillError
 from ..registry import did_you_mean
 
 DEPTH_CONVENTIONS = ("metric", "relative", "inverse_relative")
+
+
+class TeacherOutputError(PolydistillError):
+    """A teacher broke its output contract (wrong batch, changing channels or grid): a bug in the teacher, its
+    options or its code, reported with the teacher's name instead of a shape error deep inside a loss."""
 
 
 def check_option_keys(teacher: str, options: dict[str, Any] | None, allowed: tuple[str, ...],
@@ -109,11 +114,15 @@ class Teacher(nn.Module, ABC):
         size = images.shape[-2:]
         result = {}
         for t in self.tasks:
+            if t not in out:
+                raise TeacherOutputError(f"teacher '{self.name}' returned no '{t}' output (it returned "
+                                         f"{sorted(out)}); a teacher must answer every task it teaches")
             value = out[t].float()
+            self._check_output(t, value, images)
             if t in self.feature_channels:
                 if value.dim() != 4 or value.shape[1] != self.feature_channels[t]:
-                    raise RuntimeError(f"teacher '{self.name}' returned features of shape {tuple(value.shape)} for "
-                                       f"'{t}'; expected (B, {self.feature_channels[t]}, h, w)")
+                    raise TeacherOutputError(f"teacher '{self.name}' returned features of shape {tuple(value.shape)} "
+                                             f"for '{t}'; expected (B, {self.feature_channels[t]}, h, w)")
                 result[t] = value
                 continue
             if t == "detection":  # on its stride grid, distances in input pixels (tasks/detection.py)
@@ -127,6 +136,32 @@ class Teacher(nn.Module, ABC):
                 value = self.class_map.apply(value)
             result[t] = value
         return result
+
+    def _check_output(self, task: str, value: torch.Tensor, images: torch.Tensor) -> None:
+        """One answer per image, and for every batch the same channels (and, for maps kept on the teacher's own
+        grid, the same grid for the same input size) as on the first batch: the cache stores one shape per
+        output and the losses compare channel by channel, so a drifting output is an error naming the teacher."""
+        shape = tuple(value.shape)
+        if value.dim() not in (3, 4) or shape[0] != images.shape[0]:
+            raise TeacherOutputError(
+                f"teacher '{self.name}' returned '{task}' of shape {shape} for a batch of {images.shape[0]} images; "
+                "expected (B, C, h, w) (or (B, h, w) for one channel) with B = the batch size")
+        channels = shape[1] if value.dim() == 4 else 1
+        seen = self.__dict__.setdefault("_output_contract", {})
+        first = seen.setdefault(task, channels)
+        if channels != first:
+            raise TeacherOutputError(
+                f"teacher '{self.name}' returned '{task}' with {channels} channels (shape {shape}) after {first} "
+                "channels on earlier batches; a teacher must give the same channels for every batch — check its "
+                "options (classes, class map, layer) or the model's code")
+        if value.dim() == 4 and (task in self.feature_channels or task == "detection"):
+            key = (task, tuple(images.shape[-2:]))
+            grid = seen.setdefault(key, shape[-2:])
+            if shape[-2:] != grid:
+                raise TeacherOutputError(
+                    f"teacher '{self.name}' returned '{task}' on a {shape[-2]}x{shape[-1]} grid after "
+                    f"{grid[0]}x{grid[1]} for the same {images.shape[-2]}x{images.shape[-1]} input; its grid "
+                    "must depend on the input size only — check options such as input_size and grid_stride")
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         return self.predict(images)

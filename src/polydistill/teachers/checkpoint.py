@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from ..engine.checkpoint import find_checkpoint, load_spec, load_weights
-from ..errors import ConfigError
+from ..errors import ConfigError, PolydistillError
 from ..recorders import FeatureRecorders
 from ..students import build_student
 from .base import Teacher, check_option_keys
@@ -33,8 +33,11 @@ class CheckpointTeacher(Teacher):
         options = check_option_keys(name, options, ("features", "grid_stride"), "checkpoint")
         features = dict(options.get("features") or {})
         self.grid_stride = int(options.get("grid_stride", 16))
-        directory = find_checkpoint(path)
-        spec = load_spec(directory)
+        try:
+            directory = find_checkpoint(path)
+            spec = load_spec(directory)
+        except PolydistillError as exc:  # say which teacher of the config points there
+            raise ConfigError(f"teacher '{name}': {exc}") from None
         available = list(spec["tasks"])
         chosen = tasks or available + list(features)
         unknown = [t for t in chosen if t not in available and t not in features]
@@ -42,7 +45,10 @@ class CheckpointTeacher(Teacher):
             raise ConfigError(f"teacher '{name}' ({directory}) cannot teach {unknown}: it predicts {available}"
                               + (f" and features {list(features)}" if features else ""))
         model, task_objects = build_student(spec)
-        load_weights(model, directory)
+        try:
+            load_weights(model, directory)
+        except PolydistillError as exc:
+            raise ConfigError(f"teacher '{name}': {exc}") from None
         recorded = {t: features[t] for t in chosen if t in features}
         self.recorders = FeatureRecorders(recorded).attach(model) if recorded else None
         channels = {}

@@ -48,7 +48,16 @@ OPTION_KEYS = ("input_size", "revision")
 def load_pretrained(loader: Any, path: str, name: str, **kwargs: Any) -> Any:
     """``loader.from_pretrained`` from a local folder or the cache first; a clear error when not available."""
     if Path(path).is_dir():
-        return loader.from_pretrained(path, **kwargs)
+        try:
+            return loader.from_pretrained(path, **kwargs)
+        except OSError as exc:  # no config.json, no weights file, an unreadable file
+            raise ConfigError(
+                f"teacher '{name}': cannot load {loader.__name__} from the local folder '{path}' "
+                f"({' '.join(str(exc).split())}); the folder needs what save_pretrained writes (config.json, "
+                "model.safetensors, preprocessor_config.json)") from None
+    if path.startswith(("/", "./", "../", "~")):  # a file-system path, not a hub id
+        raise ConfigError(f"teacher '{name}': the folder '{path}' does not exist; fix the path (a hub model is "
+                          "named 'org/model')")
     try:
         return loader.from_pretrained(path, local_files_only=True, **kwargs)
     except OSError as cached_miss:

@@ -57,6 +57,15 @@ class StepContext:
     steps_per_epoch: int
     seed: int = 0
     micro_batch: int = 0
+    #: with several processes, each task loss averaged over every rank's batch (the engine all-reduces them);
+    #: strategies keep statistics of these, not of their own rank's loss, so every rank agrees
+    global_losses: dict[str, float] | None = None
+
+    def loss_value(self, task: str, local: torch.Tensor) -> torch.Tensor:
+        """The detached loss of ``task`` for statistics: the all-rank mean when there is one, else ``local``."""
+        if self.global_losses is not None and task in self.global_losses:
+            return torch.tensor(self.global_losses[task], dtype=torch.float32, device=local.device)
+        return local.detach().float()
 
     @property
     def epoch(self) -> int:

@@ -41,7 +41,7 @@ class DWAWeighting(TaskWeighting):
         out = {}
         for t, loss in losses.items():
             i = self.task_names.index(t)
-            self.sums[i] += float(loss.detach())
+            self.sums[i] += float(ctx.loss_value(t, loss))
             self.counts[i] += 1
             out[t] = lam[i].to(device=loss.device, dtype=torch.float32)
         return out, None

@@ -36,7 +36,7 @@ class GradNormWeighting(TaskWeighting):
     def weights(self, losses: dict[str, torch.Tensor], ctx: StepContext, grad_norms=None):
         idx = [self.task_names.index(t) for t in losses]
         lambdas = {t: self.task_w[i].detach().to(losses[t].device) for t, i in zip(losses, idx)}
-        current = torch.stack([losses[t].detach().float() for t in losses]).to(self.initial.device)
+        current = torch.stack([ctx.loss_value(t, losses[t]) for t in losses]).to(self.initial.device)
         for j, i in enumerate(idx):
             if torch.isnan(self.initial[i]):
                 self.initial[i] = current[j]
