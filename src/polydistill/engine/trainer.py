@@ -8,6 +8,10 @@ optimizer step (student and the strategies' own parameters), and the strategies'
 Every ``val_every`` steps the student is validated, the weighting and the trajectory get the metrics as
 feedback, and the best checkpoint is kept. The engine owns backward, mixed precision, accumulation and
 gradient sync — never a weighting — and holds no task- or method-specific code.
+
+Under several processes (``torchrun``, ``accelerate launch``) the student is wrapped in DDP; everything DDP
+does not synchronise — the strategies' parameters and statistics, running statistics, NaN skips, validation
+metrics, the logged losses — goes through :mod:`polydistill.distributed`, and only rank 0 writes files.
 """
 
 from __future__ import annotations

@@ -6,7 +6,9 @@ the gradient of each task loss on the shared feature map ``z`` (the neck output)
 the asymmetry ``α`` (paper default 1.5), the auxiliary loss ``Σ_t |G_t − mean(G)·r_t^α|`` (target held
 constant) moves the weights towards equal gradient norms scaled by how far behind each task is. The
 task losses use ``λ`` detached, so only the auxiliary loss trains it. After every optimizer step the
-weights are renormalised to sum to the number of tasks.
+weights are renormalised to sum to the number of tasks. With several processes the losses (``ctx.loss_value``)
+and gradient norms it receives are all-rank means and the engine averages the weights' gradients, so ``L(0)``,
+the targets and the weights agree on every rank.
 """
 
 from __future__ import annotations
