@@ -19,9 +19,12 @@ import sys
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 
 from polydistill.engine.logging import read_steps
+from polydistill.engine.sampler import EpochSampler
+from tests.conftest import tiny_config, write_tiny_dataset
 
 RUNNING_STATS = ("running_mean", "running_var", "num_batches_tracked")
 
@@ -79,3 +82,30 @@ def test_two_gloo_processes_train_like_one_process_accumulating_two_batches(quic
         assert final_two[task][metric] == pytest.approx(final_one[task][metric], rel=0.15, abs=0.03), (task, metric)
     assert (result.stdout + result.stderr).count("done:") == 1  # one summary line, from rank 0
     assert sorted(os.listdir(two / "checkpoints")) == ["best", "last"]
+
+
+def test_two_processes_with_sparse_labels_and_gradnorm_never_wait_on_each_other(tmp_path):
+    """Most images carry no label and there are no teachers, so at many steps one rank has a loss and the other
+    none: it must still join the gradient all-reduce (a zero-loss backward), and when no rank has a signal every
+    rank must skip together. GradNorm adds the all-reduced loss statistics and gradient norms on top."""
+    labels = [("depth", "semseg") if i % 5 == 0 else () for i in range(40)]
+    train = write_tiny_dataset(tmp_path / "train", 40, seed=7, labels=labels)
+    val = write_tiny_dataset(tmp_path / "val", 4, seed=8)
+    cfg = tiny_config(train, val, max_steps=10, val_every=5, threads=1)
+    cfg["data"]["batch_size"] = 2
+    cfg["distill"] = {"task_weighting": {"name": "gradnorm"}}
+    config = tmp_path / "sparse.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run(train_command(config, tmp_path / "two", processes=2), env)
+    summary = json.loads((tmp_path / "two" / "summary.json").read_text())
+    rows = read_steps(tmp_path / "two" / "steps.csv")
+    assert summary["steps"] == 10 and len(rows) == 10
+    dealt = [list(EpochSampler(40, seed=0, epoch=0, batch_size=2, rank=k, world_size=2)) for k in (0, 1)]
+    signal = [[any(labels[i] for i in mine[2 * s: 2 * s + 2]) for s in range(10)] for mine in dealt]
+    assert any(a != b for a, b in zip(*signal))  # steps where one rank has a label and the other none do occur
+    # a step is skipped (NaN loss) exactly when no rank had a label
+    assert [math.isnan(r["loss"]) for r in rows] == [not (a or b) for a, b in zip(*signal)]
+    assert summary["skipped_steps"] == sum(math.isnan(r["loss"]) for r in rows)
+    weights = load_file(str(tmp_path / "two" / "checkpoints" / "last" / "model.safetensors"))
+    assert all(torch.isfinite(w).all() for w in weights.values())
