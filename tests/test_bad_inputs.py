@@ -248,6 +248,8 @@ def test_nan_and_inf_depth_pixels_are_no_measurement_and_counted(tmp_path):
     (report,) = check_dataset(data)  # counted: 3 + H*W non-finite pixels in 2 files
     assert report.depth["non_finite_pixels"] == 3 + H * W and report.depth["non_finite_files"] == 2
     assert report.ok  # a documented convention, not a problem
+    shown = runner.invoke(app, ["data", "check", str(data)], env={"COLUMNS": "200"})  # wide: one table row a line
+    assert shown.exit_code == 0 and f"{3 + H * W} NaN/Inf pixels in 2 files (ignored as no measurement)" in shown.output
     fit = train_run(load_config(base=config(data)), tmp_path / "run").fit
     assert fit.steps == 2 and all(math.isfinite(r["loss"]) for r in read_steps(tmp_path / "run" / "steps.csv"))
 

@@ -79,7 +79,10 @@ def check(
             summary.add_row(f"{task} labels", str(count))
         if report.depth:
             d = report.depth
-            summary.add_row("depth", f"{d['valid_fraction']:.1%} valid pixels, {d['min_m']:.2f}–{d['max_m']:.2f} m")
+            nan = (f"; {d['non_finite_pixels']} NaN/Inf pixels in {d['non_finite_files']} files (ignored as no "
+                   "measurement)" if d.get("non_finite_pixels") else "")
+            span = f"{d['min_m']:.2f}–{d['max_m']:.2f} m"
+            summary.add_row("depth", f"{d['valid_fraction']:.1%} valid pixels, {span}{nan}")
         summary.add_row("size mismatches", str(len(report.size_mismatches)))
         summary.add_row("unreadable / invalid files", str(len(report.unreadable)))
         summary.add_row("listing problems", str(len(report.listing)))
