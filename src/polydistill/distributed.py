@@ -29,13 +29,12 @@ def _comm_device() -> torch.device:
     return torch.device("cuda", torch.cuda.current_device()) if "nccl" in str(backend) else torch.device("cpu")
 
 
-def mean_over_ranks(value: torch.Tensor) -> torch.Tensor:
-    """The mean of ``value`` over all ranks (detached; same shape, dtype and device as ``value``)."""
-    if world_size() == 1:
-        return value
-    buf = value.detach().to(_comm_device(), torch.float64).clone()
-    dist.all_reduce(buf)
-    return (buf / world_size()).to(value.device, value.dtype)
+def _mean_of(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Each tensor's mean over ranks, in one all-reduce of their concatenation (float64, on the comm device)."""
+    flat = torch.cat([t.detach().reshape(-1).to(_comm_device(), torch.float64) for t in tensors])
+    dist.all_reduce(flat)
+    flat /= world_size()
+    return [part.view_as(t) for part, t in zip(flat.split([t.numel() for t in tensors]), tensors)]
 
 
 def nanmean_over_ranks(values: torch.Tensor) -> torch.Tensor:
@@ -75,20 +74,12 @@ def average_gradients(params: Iterable[torch.nn.Parameter]) -> None:
     params = [p for p in params if p.requires_grad]
     if world_size() == 1 or not params:
         return
-    device = _comm_device()
-    flat = [(p.grad if p.grad is not None else torch.zeros_like(p)).detach().reshape(-1).to(device, torch.float64)
-            for p in params]
-    has = torch.tensor([p.grad is not None for p in params], dtype=torch.float64, device=device)
-    buf = torch.cat([*flat, has])
-    dist.all_reduce(buf)
-    buf /= world_size()
-    flags = buf[-len(params):]
-    offset = 0
-    for i, (p, f) in enumerate(zip(params, flat)):
-        n = f.numel()
-        if flags[i] > 0:
-            p.grad = buf[offset:offset + n].view_as(p).to(p.device, p.dtype).clone()
-        offset += n
+    grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
+    has = torch.tensor([float(p.grad is not None) for p in params])
+    *means, anywhere = _mean_of([*grads, has])
+    for p, mean, present in zip(params, means, anywhere):
+        if present > 0:
+            p.grad = mean.to(p.device, p.dtype)
 
 
 def average_buffers(module: torch.nn.Module) -> None:
@@ -97,11 +88,6 @@ def average_buffers(module: torch.nn.Module) -> None:
     buffers = [b for b in module.buffers() if b.is_floating_point()]
     if world_size() == 1 or not buffers:
         return
-    flat = torch.cat([b.detach().reshape(-1).to(_comm_device(), torch.float64) for b in buffers])
-    dist.all_reduce(flat)
-    flat /= world_size()
-    offset = 0
     with torch.no_grad():
-        for b in buffers:
-            b.copy_(flat[offset:offset + b.numel()].view_as(b))
-            offset += b.numel()
+        for buffer, mean in zip(buffers, _mean_of(buffers)):
+            buffer.copy_(mean)

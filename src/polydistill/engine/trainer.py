@@ -400,20 +400,20 @@ class Trainer:
         if any_over_ranks(not finite):  # before the weighting sees it: a NaN must not enter its statistics
             return MicroResult(nonfinite=self._describe(values))
         phase = self.weighting.task_losses(table, ctx)
+        if not phase.losses and not self.distributed:
+            return MicroResult()  # no label and no teacher output in this batch (sparse labels, no teachers)
         norms = (self._shared_grad_norms(phase.losses) if self.weighting.needs_rep_grads and phase.losses
                  else None)
         if self.distributed:
             ctx, norms = self._global_statistics(ctx, phase.losses, norms)
         if phase.losses:
             loss, row = self.weighting.total(phase, ctx, norms)
-        else:  # no label and no teacher output in this batch (sparse labels, no teachers)
+        else:  # no signal here, but another rank may have one: join its gradient all-reduce with a zero loss
             loss, row = raw[next(iter(raw))].new_zeros((), dtype=torch.float32), {}
         if any_over_ranks(not bool(torch.isfinite(loss.detach()))):
             return MicroResult(nonfinite=f"total {float(loss.detach()):.4g} ({self._describe(values)})")
         if self.distributed:  # zero gradients for the heads this batch did not use, so DDP's buckets fill
             loss = loss + sum(0.0 * out.float().sum() for out in raw.values())
-        if not phase.losses and not self.distributed:
-            return MicroResult()
         self.accelerator.backward(loss / count)
         if not phase.losses:
             return MicroResult()
