@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -74,3 +75,64 @@ def test_teacher_cache_key_ignores_paths_and_progress(tmp_path):
     assert teacher_fingerprint(a, data_fp) != teacher_fingerprint(a, {"train": "x", "val": "z"})
     c = _base_config(preset, tmp_path / "a", tmp_path / "v", progress=True, **(kw | {"steps": 4}))
     assert teacher_fingerprint(a, data_fp) != teacher_fingerprint(c, data_fp)
+
+
+def test_teacher_test_metrics_are_computed_once_per_teacher_and_split(quick_demo, monkeypatch, tmp_path):
+    """The quick demo stored each cached teacher's test metrics; evaluating again reads them (no teacher runs)
+    and gets the numbers the demo reported. Changed weights mean a new key, so they are evaluated afresh."""
+    from polydistill import demo
+
+    cache = Path(quick_demo.env["POLYDISTILL_CACHE"])
+    monkeypatch.setenv("POLYDISTILL_CACHE", str(cache))
+    runs = {name: next((cache / "teachers").glob(f"{name}-*")) for name in demo.TEACHERS}
+    assert all(len(list(run.glob("test_metrics-*.json"))) == 1 for run in runs.values())
+    preset = demo.PRESETS["quick"]
+    test = demo.FolderDataset(next((cache / "data").glob("test-*")), demo.DEMO_TASKS,
+                              image_size=(preset.height, preset.width))
+
+    def no_evaluation(*args, **kwargs):
+        raise AssertionError("a teacher with stored test metrics was evaluated again")
+
+    monkeypatch.setattr(demo, "evaluate", no_evaluation)
+    _, metrics = demo.evaluate_teachers(runs, test, "cpu")
+    assert metrics == json.loads((quick_demo.out / "metrics.json").read_text())["teachers"]
+
+    copy = tmp_path / "det_teacher"
+    shutil.copytree(runs["det_teacher"], copy)
+    weights = next((copy / "checkpoints").rglob("model.safetensors"))
+    assert demo._teacher_metrics_file(copy, test).name == demo._teacher_metrics_file(runs["det_teacher"], test).name
+    weights.write_bytes(weights.read_bytes() + b" ")  # other weights, other key: evaluated afresh
+    assert demo._teacher_metrics_file(copy, test).name != demo._teacher_metrics_file(runs["det_teacher"], test).name
+
+
+def test_students_trained_side_by_side_equal_students_trained_one_after_the_other(tiny_data, tmp_path):
+    """The demo trains its two students at once, one process each; at the same thread count the models are
+    the ones sequential training gives, and an error in the second process is raised in the first."""
+    import torch
+    from safetensors.torch import load_file
+
+    from polydistill.demo import train_runs
+    from polydistill.errors import DataError
+    from tests.conftest import tiny_config
+
+    jobs = {mode: [(tiny_config(tiny_data["train"], None, max_steps=2), tmp_path / mode / "a"),
+                   (tiny_config(tiny_data["train"], None, max_steps=3, seed=1), tmp_path / mode / "b")]
+            for mode in ("sequential", "side_by_side")}
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        train_runs(jobs["sequential"], side_by_side=False)
+        torch.set_num_threads(2)  # side by side: one thread each
+        times = train_runs(jobs["side_by_side"], side_by_side=True)
+        assert torch.get_num_threads() == 2 and len(times) == 2 and all(t > 0 for t in times)
+        for run in ("a", "b"):
+            a, b = (load_file(str(tmp_path / mode / run / "checkpoints" / "last" / "model.safetensors"))
+                    for mode in jobs)
+            assert all(torch.equal(a[k], b[k]) for k in a), run
+
+        missing = tiny_config(tmp_path / "no_such_folder", None)
+        broken = [(jobs["sequential"][0][0], tmp_path / "c"), (missing, tmp_path / "d")]
+        with pytest.raises(DataError, match="no_such_folder"):
+            train_runs(broken, side_by_side=True)
+    finally:
+        torch.set_num_threads(threads)

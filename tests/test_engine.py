@@ -97,6 +97,34 @@ def test_bf16_autocast_runs_on_cpu(tiny_data, tmp_path):
     assert train_run(cfg, tmp_path / "run").fit.steps == 2
 
 
+def test_channels_last_changes_the_memory_layout_not_the_training(tiny_data, tmp_path, monkeypatch):
+    """NHWC is a speed setting: the same run in either layout logs the same losses (up to float reordering in
+    the convolution kernels), and its checkpoint holds ordinary contiguous tensors."""
+    from polydistill import run as run_module
+
+    layouts = []
+    build = run_module.build_student
+
+    def recording_build(spec):
+        model, tasks = build(spec)
+        layouts.append(model)
+        return model, tasks
+
+    monkeypatch.setattr(run_module, "build_student", recording_build)
+    losses = {}
+    for channels_last in (False, True):
+        cfg = load_config(base=tiny_config(tiny_data["train"], None, max_steps=3, channels_last=channels_last))
+        train_run(cfg, tmp_path / str(channels_last))
+        losses[channels_last] = [float(r["loss"]) for r in read_steps(tmp_path / str(channels_last) / "steps.csv")]
+    convs = [[p for p in model.parameters() if p.dim() == 4] for model in layouts]
+    assert not any(p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous() for p in convs[0])
+    assert all(p.is_contiguous(memory_format=torch.channels_last) for p in convs[1])
+    assert len(losses[True]) == 3
+    torch.testing.assert_close(torch.tensor(losses[True]), torch.tensor(losses[False]), rtol=1e-3, atol=1e-4)
+    weights = load_file(str(tmp_path / "True" / "checkpoints" / "last" / "model.safetensors"))
+    assert all(w.is_contiguous() for w in weights.values())
+
+
 def test_fp16_without_gpu_is_a_config_error(tiny_data, tmp_path):
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")

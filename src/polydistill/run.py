@@ -271,6 +271,8 @@ def train_run(cfg: RunConfig, run_dir: str | Path, *, resume: bool = False,
         report = load_matching_weights(model, source)
         if main:
             (run_dir / "init_from.json").write_text(json.dumps({"checkpoint": str(source), **report}, indent=2))
+    if cfg.train.channels_last:  # before the knowledge trajectory copies the model
+        model = model.to(memory_format=torch.channels_last)
     for teacher in teachers:
         for task in teacher.tasks:
             if task not in tasks:

@@ -232,8 +232,22 @@ def load_training_state(directory: str | Path, optimizer: torch.optim.Optimizer 
     tensors = _read_tensors(directory / TRAINING_FILE)
     if optimizer is not None and "optimizer" in state:
         optimizer.load_state_dict(_join_tensors(state["optimizer"], tensors))
+        _match_parameter_layouts(optimizer)
     set_rng_state(state["rng"], tensors.get("rng.torch"))
     return {k: _join_tensors(v, tensors) if k != "optimizer" else v for k, v in state.items()}
+
+
+def _match_parameter_layouts(optimizer: torch.optim.Optimizer) -> None:
+    """Give each restored per-parameter state tensor (Adam's moments) its parameter's memory layout.
+
+    Checkpoints store contiguous tensors; a channels-last parameter's moments were channels-last in the
+    uninterrupted run, and the fused AdamW kernel rounds differently when layouts differ, so an exact
+    resume needs the layouts back."""
+    for group in optimizer.param_groups:
+        for param in group["params"]:
+            for key, value in optimizer.state.get(param, {}).items():
+                if torch.is_tensor(value) and value.shape == param.shape and value.stride() != param.stride():
+                    optimizer.state[param][key] = torch.empty_like(param, dtype=value.dtype).copy_(value)
 
 
 def recover_checkpoint(directory: str | Path) -> None:
