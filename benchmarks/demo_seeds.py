@@ -54,7 +54,7 @@ def main() -> None:
     teacher_runs = train_teachers(preset, splits, split_fps, DATA_SEED, False, print)
     jobs = []
     for seed in seeds:
-        cfg = student_config(preset, splits, teacher_runs, seed=DATA_SEED, progress=seed == seeds[0])
+        cfg = student_config(preset, splits, teacher_runs, seed=DATA_SEED, progress=True)
         cfg["train"]["seed"] = seed
         jobs.append((cfg, out / f"seed{seed}"))
     print(f"training {len(seeds)} students side by side (seeds {seeds})", flush=True)

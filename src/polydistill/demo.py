@@ -212,8 +212,6 @@ def train_teachers(preset: Preset, splits: dict[str, Path], split_fps: dict[str,
         paths[name] = run_dir
     side_by_side = parallel_training()
     if side_by_side and len(jobs) > 1:
-        for cfg, _ in jobs[1:]:
-            cfg["train"]["progress"] = False  # one progress bar: the first run of each pair, in this process
         log(f"training {len(jobs)} teachers, {RUNS_AT_ONCE} at a time side by side")
     train_runs(jobs, side_by_side)
     for _, run_dir in jobs:
@@ -261,8 +259,7 @@ def run_demo(out: str | Path, preset_name: str = "default", *, seed: int = 0, wo
     student_cfg = student_config(preset, splits, teacher_runs, seed=seed, progress=progress,
                                  mixed_precision=mixed_precision)
     side_by_side = parallel_training()
-    label_cfg = student_config(preset, splits, {}, seed=seed, progress=progress and not side_by_side,
-                               mixed_precision=mixed_precision)
+    label_cfg = student_config(preset, splits, {}, seed=seed, progress=progress, mixed_precision=mixed_precision)
     label_cfg["data"]["labelled_only"] = True
     for key in ("student", "label_only"):
         shutil.rmtree(out / key, ignore_errors=True)
@@ -310,18 +307,17 @@ RUNS_AT_ONCE = 2
 
 def train_runs(jobs: list[tuple[dict[str, Any], Path]], side_by_side: bool) -> list[float]:
     """Train independent runs ``(config, run_dir)``, returning the seconds each took. Side by side, they go in
-    groups of :data:`RUNS_AT_ONCE`: the first of a group runs here (with its progress bar), the others each in
-    a spawned process, every run on an equal share of the CPU threads; an error in any of them is raised
-    here once its group has stopped."""
-    if not side_by_side:
-        times = []
-        for cfg, run_dir in jobs:
-            t = time.perf_counter()
-            train_run(load_config(base=cfg), run_dir)
-            times.append(time.perf_counter() - t)
-        return times
-    return [seconds for i in range(0, len(jobs), RUNS_AT_ONCE)
-            for seconds in _train_group(jobs[i:i + RUNS_AT_ONCE])]
+    groups of :data:`RUNS_AT_ONCE`: the first of a group runs here (the only one with a progress bar), the
+    others each in a spawned process, every run on an equal share of the CPU threads; an error in any of
+    them is raised here once its group has stopped. Otherwise they run here one after the other."""
+    at_once = RUNS_AT_ONCE if side_by_side else 1
+    return [seconds for i in range(0, len(jobs), at_once) for seconds in _train_group(jobs[i:i + at_once])]
+
+
+def _timed_train(cfg: dict[str, Any], run_dir: str | Path) -> float:
+    t = time.perf_counter()
+    train_run(load_config(base=cfg), run_dir)
+    return time.perf_counter() - t
 
 
 def _train_group(jobs: list[tuple[dict[str, Any], Path]]) -> list[float]:
@@ -330,22 +326,21 @@ def _train_group(jobs: list[tuple[dict[str, Any], Path]]) -> list[float]:
     context = mp.get_context("spawn")
     children = []
     for cfg, run_dir in jobs[1:]:
+        quiet = cfg | {"train": cfg["train"] | {"progress": False}}  # progress bars of two processes would mix
         receive, send = context.Pipe(duplex=False)
-        process = context.Process(target=_train_in_child, args=(cfg, str(run_dir), share, send), daemon=True)
+        process = context.Process(target=_train_in_child, args=(quiet, str(run_dir), share, send), daemon=True)
         process.start()
         send.close()
         children.append((process, receive))
-    t = time.perf_counter()
     torch.set_num_threads(share)
     try:
-        train_run(load_config(base=jobs[0][0]), jobs[0][1])
+        times = [_timed_train(*jobs[0])]
     except BaseException:
         for process, _ in children:
             process.terminate()
         raise
     finally:
         torch.set_num_threads(threads)
-    times = [time.perf_counter() - t]
     for (process, receive), (_, run_dir) in zip(children, jobs[1:]):
         try:
             seconds, error = receive.recv()
@@ -363,10 +358,8 @@ def _train_group(jobs: list[tuple[dict[str, Any], Path]]) -> list[float]:
 def _train_in_child(cfg: dict[str, Any], run_dir: str, threads: int, send) -> None:
     """Body of a side-by-side training process: sends back ``(seconds, None)`` or ``(None, error)``."""
     torch.set_num_threads(threads)
-    t = time.perf_counter()
     try:
-        train_run(load_config(base=cfg), run_dir)
-        result: tuple[float | None, BaseException | None] = (time.perf_counter() - t, None)
+        result: tuple[float | None, BaseException | None] = (_timed_train(cfg, run_dir), None)
     except BaseException as error:  # handed to the parent, which raises it
         result = (None, error)
     try:
