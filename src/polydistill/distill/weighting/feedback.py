@@ -79,7 +79,7 @@ class FeedbackWeighting(TeacherWeighting):
             r_s = metrics.get(task, {}).get(self.score_name(task), float("nan"))
             r_t = self.teacher_scores.get((task, teacher), float("nan"))
             ratios.append(r_s / r_t if r_t > 0 else float("nan"))
-        a = torch.tensor(ratios, dtype=torch.float64)
+        a = torch.tensor(ratios, dtype=torch.float64, device=self.omega.device)  # omega follows the model
         if not torch.isfinite(a).all() or (a <= 0).any():
             return {"step": step, "skipped": "a score or a teacher score is missing or zero", "ratios": ratios}
         a_bar = a.mean()
