@@ -1,6 +1,6 @@
 """Does training from the teacher-output cache give the same student as running the teachers online?
 
-The demo student (``polydistill.demo.student_config``, same data, teachers, seed and budget) is trained twice:
+The demo student (``polydistill.demo.story.student_config``, same data, teachers, seed and budget) is trained twice:
 from the cache (``distill.precompute_teachers: true``, the default) and with the three teachers run on every
 augmented batch (``false``). Both are evaluated on the demo's test split. They cannot be bit-identical — the
 cache stores fp16 maps computed on the un-augmented image and moves them with the flip, while the online
@@ -23,8 +23,9 @@ from pathlib import Path
 
 import torch
 
+from polydistill.checkpoint import load_student_model
 from polydistill.config import load_config
-from polydistill.demo import (
+from polydistill.demo.story import (
     PRESETS,
     compare_with_teachers,
     evaluate_teachers,
@@ -34,8 +35,7 @@ from polydistill.demo import (
     train_teachers,
 )
 from polydistill.evaluation.evaluate import evaluate, student_predictor
-from polydistill.evaluation.report import load_student
-from polydistill.run import train_run
+from polydistill.pipeline.train import train_run
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> None:
         start = time.perf_counter()
         train_run(load_config(base=cfg), out / name)
         seconds = time.perf_counter() - start
-        model, tasks, _ = load_student(out / name)
+        model, tasks, _ = load_student_model(out / name)
         metrics = evaluate(student_predictor(model, tasks), tasks, test, device="cpu")
         delta = compare_with_teachers(metrics, teacher_metrics, tasks)["delta_m"]
         results[name] = {"test": metrics, "delta_m": delta, "train_s": seconds}

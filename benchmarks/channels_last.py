@@ -18,7 +18,7 @@ import time
 
 import torch
 
-from polydistill.demo import OBJECT_CLASSES, STUDENT_TASK_OPTIONS
+from polydistill.demo.story import OBJECT_CLASSES, STUDENT_TASK_OPTIONS
 from polydistill.students import build_student
 
 

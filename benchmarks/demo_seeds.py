@@ -1,6 +1,6 @@
 """The demo student over several training seeds: how much of its margin over the targets is luck.
 
-What is measured. The demo's data, cached teachers and student recipe (``polydistill.demo``, data seed
+What is measured. The demo's data, cached teachers and student recipe (``polydistill.demo.story``, data seed
 0), with only ``train.seed`` changed: it sets the student's initial weights, the order of the pool and the
 augmentation draws. The students train side by side exactly as the demo trains its two students (one
 process each, an equal share of the CPU threads), so seed 0 reproduces the demo's student on a machine
@@ -22,7 +22,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from polydistill.demo import (
+from polydistill.checkpoint import load_student_model
+from polydistill.demo.story import (
     PRESETS,
     REFERENCE_TEACHERS,
     compare_with_teachers,
@@ -34,7 +35,6 @@ from polydistill.demo import (
     train_teachers,
 )
 from polydistill.evaluation.evaluate import evaluate, student_predictor
-from polydistill.evaluation.report import load_student
 
 DATA_SEED = 0  # the demo's data and teachers
 
@@ -64,7 +64,7 @@ def main() -> None:
     _, teacher_metrics = evaluate_teachers(teacher_runs, test, "cpu")
     rows: dict[str, Any] = {}
     for seed, (_, run_dir) in zip(seeds, jobs):
-        model, tasks, _ = load_student(run_dir)
+        model, tasks, _ = load_student_model(run_dir)
         metrics = evaluate(student_predictor(model, tasks), tasks, test, device="cpu")
         compared = compare_with_teachers(metrics, teacher_metrics, tasks)
         primary = {t: type(task).primary_metric for t, task in tasks.items()}

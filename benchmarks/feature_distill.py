@@ -1,6 +1,6 @@
 """Feature teachers on the demo: the plain student vs. the DUNE projector path vs. the SAK layout.
 
-What is measured. The demo's data, teachers and student recipe (``polydistill.demo``); three students
+What is measured. The demo's data, teachers and student recipe (``polydistill.demo.story``); three students
 with the same budget (the demo's ``student_steps`` optimizer steps, same batch, learning rate and seed):
 
 * ``plain`` — the demo student: three output teachers (depth, segmentation, the narrow dusk depth
@@ -43,8 +43,9 @@ from rich.console import Console
 from rich.table import Table
 
 from polydistill import __version__
+from polydistill.checkpoint import load_student_model
 from polydistill.config import load_config
-from polydistill.demo import (
+from polydistill.demo.story import (
     PRESETS,
     TEACHER_TASKS,
     Preset,
@@ -56,9 +57,8 @@ from polydistill.demo import (
     train_teachers,
 )
 from polydistill.evaluation.evaluate import evaluate, student_predictor
-from polydistill.evaluation.report import load_student
 from polydistill.evaluation.speed import count_parameters, measure_latency
-from polydistill.run import train_run
+from polydistill.pipeline.train import train_run
 
 DATA_SEED = 0
 VARIANTS = ("plain", "dune", "sak", "sak_one_stage")
@@ -122,7 +122,7 @@ def evaluate_students(runs: dict[str, Path], preset: Preset, splits: dict[str, P
     results: dict[str, Any] = {}
     models = {}
     for key, run in runs.items():
-        model, tasks, _ = load_student(run)  # the deployed model: projectors dropped
+        model, tasks, _ = load_student_model(run)  # the deployed model: projectors dropped
         models[key] = model
         metrics = evaluate(student_predictor(model.to(device), tasks), tasks, test, device=device)
         results[key] = {"test": metrics, **compare_with_teachers(metrics, teacher_metrics, tasks),

@@ -35,9 +35,9 @@ import torch
 
 from polydistill.config import load_config
 from polydistill.data.shapescenes import generate_split
-from polydistill.demo import PRESETS, STUDENT_TASK_OPTIONS, TASK_OPTIONS
+from polydistill.demo.story import PRESETS, STUDENT_TASK_OPTIONS, TASK_OPTIONS
 from polydistill.engine.logging import read_steps
-from polydistill.run import cache_teachers, train_run
+from polydistill.pipeline.train import cache_teachers, train_run
 
 HERE = Path(__file__).resolve().parent
 

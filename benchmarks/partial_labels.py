@@ -53,14 +53,14 @@ from rich.console import Console
 from rich.table import Table
 
 from polydistill import __version__
+from polydistill.checkpoint import load_student_model
 from polydistill.config import load_config
 from polydistill.data import FolderDataset
 from polydistill.data.shapescenes import generate_split
-from polydistill.demo import OBJECT_CLASSES
+from polydistill.demo.story import OBJECT_CLASSES
 from polydistill.evaluation.delta_m import delta_m
 from polydistill.evaluation.evaluate import evaluate, student_predictor
-from polydistill.evaluation.report import load_student
-from polydistill.run import train_run
+from polydistill.pipeline.train import train_run
 
 DATA_SEED = 0
 VARIANTS = ("single_det", "single_seg", "teacher_det", "teacher_seg", "partial", "pseudo", "features", "features_pdf",
@@ -152,7 +152,7 @@ def variant_config(variant: str, args, splits: dict[str, Path], seed: int, teach
 
 
 def test_metrics(run: Path, test: FolderDataset) -> dict[str, dict[str, float]]:
-    model, tasks, _ = load_student(run)
+    model, tasks, _ = load_student_model(run)
     return evaluate(student_predictor(model, tasks), tasks, test, batch_size=32)
 
 

@@ -1,6 +1,6 @@
 """What the teacher-output cache buys: step time, build cost, size and memory on the demo setting.
 
-What is measured, in one invocation, on the demo's data and teachers (``polydistill.demo``: data seed 0,
+What is measured, in one invocation, on the demo's data and teachers (``polydistill.demo.story``: data seed 0,
 the three cached teachers ``depth_teacher``, ``seg_teacher``, ``depth_teacher_dusk``) and the demo
 student's config (``student_config``: backbone, tasks, batch, augmentation, lr, weighting), with a fixed
 number of steps (``--steps``), validation moved past the last step (``train.val_every`` larger than the run,
@@ -83,9 +83,9 @@ from polydistill import __version__
 from polydistill.cache import TeacherCache
 from polydistill.config import load_config
 from polydistill.data.collate import collate
-from polydistill.demo import PRESETS, cache_root, generate_data, student_config, train_teachers
+from polydistill.demo.story import PRESETS, cache_root, generate_data, student_config, train_teachers
 from polydistill.engine.logging import read_steps
-from polydistill.run import build_datasets, cache_teachers, train_run
+from polydistill.pipeline.train import build_datasets, cache_teachers, train_run
 
 DATA_SEED = 0
 SECTIONS = ("steps", "cache", "scaling", "memory", "loader")

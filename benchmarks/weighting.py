@@ -58,8 +58,9 @@ from rich.console import Console
 from rich.table import Table
 
 from polydistill import __version__
+from polydistill.checkpoint import load_student_model
 from polydistill.config import load_config
-from polydistill.demo import (
+from polydistill.demo.story import (
     PRESETS,
     REFERENCE_TEACHERS,
     Preset,
@@ -73,8 +74,7 @@ from polydistill.demo import (
 )
 from polydistill.engine.logging import read_steps
 from polydistill.evaluation.evaluate import evaluate, student_predictor
-from polydistill.evaluation.report import load_student
-from polydistill.run import train_run
+from polydistill.pipeline.train import train_run
 
 DATA_SEED = 0  # data and teachers: fixed; the benchmark seeds vary the student only
 WARMUP_STEPS = 20  # steps left out of the step-time median (data loader start-up, allocator warm-up)
@@ -306,7 +306,7 @@ def main(argv: list[str] | None = None) -> None:
             for which in ("best", "last"):
                 if not (run_dir / "checkpoints" / which).exists():
                     continue
-                model, tasks, _ = load_student(run_dir / "checkpoints" / which)
+                model, tasks, _ = load_student_model(run_dir / "checkpoints" / which)
                 metrics = evaluate(student_predictor(model.to(device), tasks), tasks, test, device=device)
                 by_ckpt[which] = {"test": metrics, **compare_with_teachers(metrics, teacher_metrics, tasks)}
             chosen = by_ckpt[args.checkpoint]

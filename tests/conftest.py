@@ -79,7 +79,7 @@ def tiny_config(train: Path, val: Path | None, **train_opts) -> dict:
 def teacher_runs(tiny_data, tmp_path_factory) -> dict[str, Path]:
     """Tiny single-task teachers: ``depth``, ``semseg`` and a weaker ``depth_weak`` (2 steps only)."""
     from polydistill.config import load_config
-    from polydistill.run import train_run
+    from polydistill.pipeline.train import train_run
 
     root = tmp_path_factory.mktemp("teachers")
     runs = {}

@@ -26,14 +26,14 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from polydistill.cache import CacheError, TeacherCache, open_or_build_cache
+from polydistill.checkpoint import load_student_model
 from polydistill.cli import app
 from polydistill.config import load_config
 from polydistill.data import FolderDataset, check_labels
 from polydistill.data.check import check_dataset
 from polydistill.engine.logging import read_steps
 from polydistill.errors import ConfigError, DataError, PolydistillError, TrainingError
-from polydistill.evaluation.report import load_student
-from polydistill.run import train_run
+from polydistill.pipeline.train import train_run
 from polydistill.tasks import build_task
 from polydistill.teachers import TEACHER_SOURCES, CheckpointTeacher, Teacher, TeacherOutputError
 from tests.conftest import tiny_config, write_tiny_dataset
@@ -433,7 +433,7 @@ def test_missing_teacher_files_name_the_teacher_and_the_path(case, trained, tmp_
 
 def test_disk_full_or_read_only_during_a_checkpoint_save_keeps_the_previous_one(tmp_path, monkeypatch):
     import polydistill.cache.writer as cache_writer
-    import polydistill.engine.checkpoint as checkpoint
+    import polydistill.checkpoint as checkpoint
 
     data = write_tiny_dataset(tmp_path / "d", 8, seed=19)
     cfg = load_config(base=config(data, max_steps=3, save_every=1))
@@ -511,7 +511,7 @@ def test_corrupted_checkpoint_is_named_for_resume_eval_and_as_a_teacher(trained,
     assert code == 2 and str(weights) in text and "damaged" in text
     with pytest.raises(ConfigError, match=rf"teacher 'tt': checkpoint file {re.escape(str(weights))} is damaged"):
         CheckpointTeacher("tt", last)
-    load_student(run)  # checkpoints/best is still usable
+    load_student_model(run)  # checkpoints/best is still usable
 
     shutil.copy2(trained["run"] / "checkpoints" / "last" / "model.safetensors", weights)
     state = last / "state.json"

@@ -7,8 +7,8 @@ import importlib.util
 from pathlib import Path
 
 from polydistill.config import load_config
-from polydistill.demo import PRESETS
-from polydistill.run import check_names
+from polydistill.demo.story import PRESETS
+from polydistill.pipeline.train import check_names
 
 ROOT = Path(__file__).resolve().parents[1]
 

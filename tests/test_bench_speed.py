@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from polydistill.config import load_config
-from polydistill.demo import PRESETS, TEACHERS
-from polydistill.run import check_names
+from polydistill.demo.story import PRESETS, TEACHERS
+from polydistill.pipeline.train import check_names
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -15,7 +15,7 @@ from polydistill.cli import app
 from polydistill.config import AugmentConfig, load_config
 from polydistill.data import FolderDataset, build_train_transform
 from polydistill.distill.weighting.feedback import FeedbackWeighting
-from polydistill.run import train_run
+from polydistill.pipeline.train import train_run
 from polydistill.teachers import CheckpointTeacher
 from tests.conftest import tiny_config, write_tiny_dataset
 

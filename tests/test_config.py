@@ -6,7 +6,7 @@ import pytest
 
 from polydistill.config import dump_config, load_config
 from polydistill.errors import ConfigError
-from polydistill.run import check_names
+from polydistill.pipeline.train import check_names
 
 BASE = """
 data:

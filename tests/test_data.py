@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from polydistill.data.collate import collate, move_batch
-from polydistill.data.folder import FolderDataset
+from polydistill.data.dataset import FolderDataset
 from polydistill.data.transforms import Compose, RandomHorizontalFlip, RandomScaleCrop, Resize
 from polydistill.errors import DataError
 

@@ -15,11 +15,11 @@ from torch.utils.data import DataLoader
 from polydistill.cache.build import cache_slot
 from polydistill.config import DataConfig, load_config
 from polydistill.data import FORMATS, FolderDataset, build_train_transform, collate
-from polydistill.data.cityscapes import CLASSES as CS_CLASSES
-from polydistill.data.formats import layout_class
-from polydistill.data.nyuv2 import NYU13_NAMES, nyu13_from_40, nyu_classes
+from polydistill.data.layouts import layout_class
+from polydistill.data.layouts.cityscapes import CLASSES as CS_CLASSES
+from polydistill.data.layouts.nyuv2 import NYU13_NAMES, nyu13_from_40, nyu_classes
 from polydistill.errors import ConfigError, DataError
-from polydistill.run import build_datasets, resolve_task_options, train_run
+from polydistill.pipeline.train import build_datasets, resolve_task_options, train_run
 from tests.dataset_fixtures import (
     CAMERA,
     COCO_H,

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from polydistill.config import load_config
-from polydistill.run import check_names
+from polydistill.pipeline.train import check_names
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -64,7 +64,7 @@ def test_quick_demo_end_to_end(quick_demo, tmp_path):
 
 
 def test_teacher_cache_key_ignores_paths_and_progress(tmp_path):
-    from polydistill.demo import PRESETS, _base_config, teacher_fingerprint
+    from polydistill.demo.story import PRESETS, _base_config, teacher_fingerprint
 
     preset = PRESETS["quick"]
     kw = dict(tasks={"depth": {}}, backbone="resnet18", neck=8, steps=3, batch=2, lr=1e-3, seed=0, zoom=(1.0, 1.0))
@@ -111,7 +111,7 @@ def test_students_trained_side_by_side_equal_students_trained_one_after_the_othe
     import torch
     from safetensors.torch import load_file
 
-    from polydistill.demo import train_runs
+    from polydistill.demo.story import train_runs
     from polydistill.errors import DataError
     from tests.conftest import tiny_config
 

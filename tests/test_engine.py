@@ -9,11 +9,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from polydistill.checkpoint import find_checkpoint, load_spec, save_checkpoint
 from polydistill.config import load_config
-from polydistill.engine.checkpoint import find_checkpoint, load_spec, save_checkpoint
 from polydistill.engine.logging import read_steps
 from polydistill.errors import PolydistillError, TrainingError
-from polydistill.run import train_run
+from polydistill.pipeline.train import train_run
 from tests.conftest import tiny_config
 
 

@@ -16,7 +16,7 @@ import yaml
 
 from polydistill.config import load_config
 from polydistill.engine.logging import read_steps
-from polydistill.run import train_run
+from polydistill.pipeline.train import train_run
 from tests.conftest import write_tiny_dataset
 from tests.test_hf_features import tiny_clip, tiny_dinov2, tiny_sam
 from tests.test_hf_teacher import tiny_depth_anything, tiny_segformer

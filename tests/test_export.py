@@ -13,10 +13,9 @@ import torch
 import torch.nn.functional as F
 from typer.testing import CliRunner
 
+from polydistill.checkpoint import save_checkpoint
 from polydistill.cli import app
-from polydistill.engine.checkpoint import save_checkpoint
-from polydistill.errors import ConfigError
-from polydistill.export import (
+from polydistill.deploy.export import (
     adaptive_avg_pool2d_dynamic,
     check_parity,
     export_checkpoint,
@@ -24,6 +23,7 @@ from polydistill.export import (
     parity_batches,
     read_sidecar,
 )
+from polydistill.errors import ConfigError
 from polydistill.students import build_student
 from tests.conftest import write_tiny_dataset
 
@@ -123,11 +123,11 @@ def test_perturbed_model_fails_parity(exported, tmp_path, images):
     bias.CopyFrom(onnx.numpy_helper.from_array(value.astype(np.float32), bias.name))
     onnx.save(proto, str(tmp_path / "bad.onnx"))
 
-    from polydistill.evaluation.report import load_student
-    from polydistill.export import TaskSpaceModel
-    from polydistill.predict import load_image
+    from polydistill.checkpoint import load_student_model
+    from polydistill.deploy.export import TaskSpaceModel
+    from polydistill.deploy.predict import load_image
 
-    student, tasks, _ = load_student(ckpt)
+    student, tasks, _ = load_student_model(ckpt)
     batches = parity_batches([load_image(p) for p in sorted((images / "images").iterdir())], (32, 48))
     report = check_parity(TaskSpaceModel(student, tasks).eval(), onnx_runner(tmp_path / "bad.onnx"), batches,
                           "onnxruntime")

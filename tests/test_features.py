@@ -10,13 +10,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from polydistill.checkpoint import load_student_model
 from polydistill.config import load_config
 from polydistill.data.transforms import RandomHorizontalFlip, RandomScaleCrop
 from polydistill.distill.feature_norm import TeacherNorm, hadamard, padded_dim
 from polydistill.engine.logging import read_steps
 from polydistill.errors import ConfigError
-from polydistill.evaluation.report import load_student
-from polydistill.run import check_names, train_run
+from polydistill.pipeline.train import check_names, train_run
 from polydistill.students import build_student
 from polydistill.tasks import build_task
 from polydistill.teachers import CheckpointTeacher
@@ -216,7 +216,7 @@ def test_dune_path_trains_and_reduces_the_feature_loss(tiny_data, teacher_runs, 
     last = np.mean([r["loss/seg_feat/seg_teacher"] for r in rows[-3:]])
     assert last < first
     assert set(result.fit.best_metrics) == {"depth", "semseg"}  # features tasks have no metrics
-    model, tasks, _ = load_student(tmp_path / "run")
+    model, tasks, _ = load_student_model(tmp_path / "run")
     assert set(tasks) == {"depth", "semseg"} and set(model(torch.rand(1, 3, 32, 48))) == {"depth", "semseg"}
 
 

@@ -11,7 +11,7 @@ import transformers
 from polydistill.config import TeacherConfig, load_config
 from polydistill.engine.logging import read_steps
 from polydistill.errors import ConfigError
-from polydistill.run import train_run
+from polydistill.pipeline.train import train_run
 from polydistill.teachers import HuggingFaceTeacher, build_teacher
 from tests.conftest import tiny_config
 from tests.distill_check import assert_distills

@@ -25,8 +25,8 @@ import pytest
 
 from polydistill.config import load_config
 from polydistill.errors import DataError
-from polydistill.html_report import build_report, render_html, write_html_report
-from polydistill.run import train_run
+from polydistill.pipeline.train import train_run
+from polydistill.reporting.html import build_report, render_html, write_html_report
 from tests.conftest import tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -173,7 +173,7 @@ def test_sample_grid_marks_missing_labels_and_enlarges_boxes(tmp_path):
 
     from polydistill.data import FolderDataset
     from polydistill.evaluation.evaluate import student_predictor
-    from polydistill.report import _no_label_panel, samples_figure
+    from polydistill.reporting.figures import _no_label_panel, samples_figure
     from polydistill.students import build_student
     from tests.conftest import write_tiny_dataset
 

@@ -10,7 +10,7 @@ from polydistill.config import load_config
 from polydistill.distill import Objective
 from polydistill.engine.sampler import TaskBalancedSampler
 from polydistill.errors import ConfigError
-from polydistill.run import train_run
+from polydistill.pipeline.train import train_run
 from polydistill.tasks import build_task
 from tests.conftest import tiny_config, write_tiny_dataset
 
@@ -68,7 +68,7 @@ def test_mse_feature_imitation_and_disagreement_weights():
 def test_a_task_teacher_weight_switches_one_term_off(tmp_path):
     from polydistill.config import DistillConfig
     from polydistill.distill.weighting import StepContext, build_weighting
-    from polydistill.run import check_names
+    from polydistill.pipeline.train import check_names
 
     data = write_tiny_dataset(tmp_path / "d", 8, seed=1)
     cfg = tiny_config(data, None, max_steps=2)

@@ -13,9 +13,9 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from polydistill.cli import app
+from polydistill.deploy.export import export_checkpoint
+from polydistill.deploy.predict import collect_inputs, predict
 from polydistill.errors import DataError
-from polydistill.export import export_checkpoint
-from polydistill.predict import collect_inputs, predict
 from tests.conftest import write_tiny_dataset
 from tests.test_export import make_student
 

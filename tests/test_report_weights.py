@@ -6,7 +6,7 @@ import csv
 
 import numpy as np
 
-from polydistill.report import _running_mean, _strategy_names, plot_weights
+from polydistill.reporting.figures import _running_mean, _strategy_names, plot_weights
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

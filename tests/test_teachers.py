@@ -8,7 +8,7 @@ import torch
 from polydistill.config import load_config
 from polydistill.engine.logging import read_steps
 from polydistill.errors import ConfigError
-from polydistill.run import train_run
+from polydistill.pipeline.train import train_run
 from polydistill.teachers import CheckpointTeacher
 from tests.conftest import tiny_config
 

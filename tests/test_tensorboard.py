@@ -12,7 +12,7 @@ import pytest
 
 from polydistill.config import load_config
 from polydistill.errors import ConfigError
-from polydistill.run import check_names, train_run
+from polydistill.pipeline.train import check_names, train_run
 from tests.conftest import tiny_config
 
 

@@ -23,7 +23,7 @@ from polydistill.distill.weighting.rl import RLTeacherWeighting
 from polydistill.distill.weighting.uncertainty import UncertaintyWeighting
 from polydistill.engine.logging import read_steps
 from polydistill.errors import ConfigError
-from polydistill.run import train_run
+from polydistill.pipeline.train import train_run
 from polydistill.students import build_student
 from polydistill.tasks import build_task
 from tests.conftest import tiny_config

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from ..config import AugmentConfig
 from .collate import collate, move_batch
-from .folder import FolderDataset
-from .formats import FORMATS, check_labels, open_dataset
+from .dataset import FolderDataset, check_labels, open_dataset
+from .layouts import FORMATS
 from .transforms import ColorJitter, Compose, RandomHorizontalFlip, RandomScaleCrop, Resize
 
 __all__ = ["FORMATS", "ColorJitter", "Compose", "FolderDataset", "RandomHorizontalFlip", "RandomScaleCrop", "Resize",

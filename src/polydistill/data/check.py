@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 
 from ..errors import DataError
-from .folder import LABEL_FOLDERS, FolderLayout
-from .formats import layout_class, open_layout
-from .layout import DEFAULT_IGNORE_INDEX, Layout
+from .layouts import layout_class, open_layout
+from .layouts.base import DEFAULT_IGNORE_INDEX, Layout
+from .layouts.folder import LABEL_FOLDERS, FolderLayout
 
 
 @dataclass

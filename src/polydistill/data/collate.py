@@ -1,4 +1,4 @@
-"""Batching samples (the format of :mod:`polydistill.data.folder`) and moving batches to a device.
+"""Batching samples (the format of :mod:`polydistill.data.dataset`) and moving batches to a device.
 
 Dense tensors are stacked; box targets are padded (:func:`pad_boxes`); per-sample values of varying size
 or type (meta boxes, intrinsics, ids, domains) stay lists, so one batch can mix images with and without them.

@@ -1,7 +1,7 @@
 """Paired geometric augmentation: one random draw moves the image, every dense map and the boxes together.
 
 A transform is a callable ``(sample, rng) -> sample`` on the sample dict described in
-:mod:`polydistill.data.folder`. It resamples ``image``, every ``targets[task]`` and every
+:mod:`polydistill.data.dataset`. It resamples ``image``, every ``targets[task]`` and every
 ``teacher[name][task]`` on the same grid, and keeps ``meta["boxes"]`` and ``meta["intrinsics"]``
 consistent with it, so a flipped or cropped sample still describes the same scene. All randomness
 comes from the ``rng`` argument (a :class:`numpy.random.Generator`), which makes augmentation

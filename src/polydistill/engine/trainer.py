@@ -11,7 +11,7 @@ gradient sync — never a weighting — and holds no task- or method-specific co
 
 Under several processes (``torchrun``, ``accelerate launch``) the student is wrapped in DDP; everything DDP
 does not synchronise — the strategies' parameters and statistics, running statistics, NaN skips, validation
-metrics, the logged losses — goes through :mod:`polydistill.distributed`, and only rank 0 writes files.
+metrics, the logged losses — goes through :mod:`polydistill.engine.distributed`, and only rank 0 writes files.
 """
 
 from __future__ import annotations
@@ -29,25 +29,25 @@ from accelerate.state import AcceleratorState
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch.utils.data import DataLoader, Dataset
 
+from ..checkpoint import load_training_state, load_weights, recover_checkpoint, save_checkpoint
 from ..config import TrainConfig
 from ..data.collate import collate, move_batch
 from ..distill.objective import Objective
 from ..distill.trajectory import KnowledgeTrajectory
 from ..distill.weighting import StepContext, Weighting
-from ..distributed import (
-    any_over_ranks,
-    average_buffers,
-    average_gradients,
-    broadcast_from_main,
-    nanmean_over_ranks,
-)
 from ..errors import DataError, TrainingError
 from ..evaluation.delta_m import delta_m
 from ..evaluation.evaluate import evaluate, student_predictor
 from ..tasks import Task
 from ..teachers import Teacher
 from ..teachers.base import TeacherOutputError
-from .checkpoint import load_training_state, load_weights, recover_checkpoint, save_checkpoint
+from .distributed import (
+    any_over_ranks,
+    average_buffers,
+    average_gradients,
+    broadcast_from_main,
+    nanmean_over_ranks,
+)
 from .logging import StepLog, append_jsonl, truncate_after
 from .sampler import EpochSampler, TaskBalancedSampler
 from .schedule import warmup_cosine

@@ -18,7 +18,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..engine.checkpoint import find_checkpoint, load_spec, load_weights
+from ..checkpoint import find_checkpoint, load_spec, load_weights
 from ..errors import ConfigError, PolydistillError
 from ..recorders import FeatureRecorders
 from ..students import build_student

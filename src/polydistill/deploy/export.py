@@ -40,13 +40,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from .errors import ConfigError, PolydistillError
-from .tasks import Task, build_task, task_type
+from ..checkpoint import find_checkpoint, load_student_model
+from ..errors import ConfigError, PolydistillError
+from ..tasks import Task, task_type
+from .inputs import collect_inputs, load_image, resize_image
+from .runtime import INPUT_NAME, METADATA_KEY, SIDECAR_FORMAT, TaskSpaceModel, ort_session, sidecar_path
 
-INPUT_NAME = "image"
 OPSET = 17
-SIDECAR_FORMAT = "polydistill-onnx/1"
-METADATA_KEY = "polydistill"  # the sidecar is also embedded in the ONNX file's metadata
 
 OUTPUT_MEANINGS = {
     "depth": "(B, 1, H, W) depth in metres at the input size",
@@ -55,24 +55,6 @@ OUTPUT_MEANINGS = {
                  "centre in the cell), then the distances in input pixels from the cell centre to the box's "
                  "left, top, right and bottom edges; decode by 3x3 peak picking, score threshold and class-wise NMS",
 }
-
-
-class TaskSpaceModel(nn.Module):
-    """An inference student followed by every task's ``predict``: image in ``[0, 1]`` → a tuple of task-space
-    outputs in ``names`` order (ONNX and TorchScript want tuples, not dicts)."""
-
-    def __init__(self, student: nn.Module, tasks: dict[str, Task]):
-        super().__init__()
-        self.student = student
-        self.names = [n for n in student.task_names if n in tasks]
-        self.tasks = tasks  # plain objects, not modules: only their predict() is traced
-
-    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        raw = self.student(image)
-        return tuple(self.tasks[n].predict(raw[n]) for n in self.names)
-
-    def as_dict(self, image: torch.Tensor) -> dict[str, torch.Tensor]:
-        return dict(zip(self.names, self(image)))
 
 
 def _pool_matrix(n_in, n_out) -> torch.Tensor:
@@ -147,10 +129,6 @@ def inference_tasks(spec: dict[str, Any], tasks: dict[str, Task]) -> dict[str, d
     return out
 
 
-def tasks_from_sidecar(sidecar: dict[str, Any]) -> dict[str, Task]:
-    return {name: build_task(name, **opts) for name, opts in sidecar["tasks"].items()}
-
-
 def make_sidecar(spec: dict[str, Any], tasks: dict[str, Task], input_size: tuple[int, int],
                  checkpoint: Path, notes: list[str]) -> dict[str, Any]:
     outputs = {}
@@ -175,46 +153,6 @@ def make_sidecar(spec: dict[str, Any], tasks: dict[str, Task], input_size: tuple
         "checkpoint": str(checkpoint),
         "export_rewrites": notes,
     }
-
-
-def sidecar_path(onnx_file: Path) -> Path:
-    return Path(f"{onnx_file}.json")
-
-
-def read_sidecar(onnx_file: Path) -> dict[str, Any]:
-    """The sidecar beside an ONNX file, else the copy embedded in its metadata."""
-    path = sidecar_path(onnx_file)
-    try:
-        if path.is_file():
-            data = json.loads(path.read_text())
-        else:
-            import onnx
-
-            meta = {p.key: p.value for p in onnx.load(str(onnx_file), load_external_data=False).metadata_props}
-            if METADATA_KEY not in meta:
-                raise ConfigError(f"{onnx_file} has no polydistill sidecar ({path.name}) and no embedded metadata; "
-                                  "export it with `polydistill export` or put the sidecar beside it")
-            data = json.loads(meta[METADATA_KEY])
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"cannot read the sidecar of {onnx_file}: {exc}; re-export the model") from None
-    if data.get("format") != SIDECAR_FORMAT:
-        raise ConfigError(f"{path}: unknown sidecar format {data.get('format')!r} (expected {SIDECAR_FORMAT}); "
-                          "re-export the model with this version of polydistill")
-    return data
-
-
-def ort_session(onnx_file: Path, threads: int | None = None):
-    """An ONNX Runtime CPU session (``threads`` intra-op threads; default: ONNX Runtime's own choice)."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    if threads:
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-    try:
-        return ort.InferenceSession(str(onnx_file), sess_options=options, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # onnxruntime raises its own exception types
-        raise ConfigError(f"ONNX Runtime cannot load {onnx_file}: {exc}") from None
 
 
 @contextlib.contextmanager
@@ -286,7 +224,6 @@ def parity_sizes(input_size: tuple[int, int]) -> list[tuple[int, int]]:
 
 def parity_batches(images: list[torch.Tensor], input_size: tuple[int, int]) -> list[torch.Tensor]:
     """Every image at the export size as one batch, and at most two at the second size (dynamic batch too)."""
-    from .predict import resize_image
 
     batches = []
     for k, size in enumerate(parity_sizes(input_size)):
@@ -353,7 +290,6 @@ class ExportResult:
 
 def _parity_images(checkpoint: Path, images: list[Path] | None) -> list[Path]:
     """The images given, else the validation split named in the checkpoint's run config (when it has one)."""
-    from .predict import collect_inputs
 
     if images:
         return collect_inputs(images, videos=False).images
@@ -374,14 +310,11 @@ def export_checkpoint(checkpoint: Path, out: Path, *, images: list[Path] | None 
                       check: bool = True, max_images: int = 8, opset: int = OPSET) -> ExportResult:
     """Export ``checkpoint`` to ``out`` (.onnx) with its sidecar, optionally a TorchScript file beside it, and
     check both against eager PyTorch on real images (see the module docstring)."""
-    from .engine.checkpoint import find_checkpoint
-    from .evaluation.report import load_student
-    from .predict import load_image
 
     if out.suffix != ".onnx":
         raise ConfigError(f"export output '{out}' must end in .onnx")
     directory = find_checkpoint(checkpoint)
-    student, tasks, spec = load_student(directory)
+    student, tasks, spec = load_student_model(directory)
     h, w = size
     if not (h and w):
         h, w = spec.get("input_size") or (None, None)

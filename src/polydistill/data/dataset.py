@@ -40,276 +40,27 @@ from __future__ import annotations
 
 import hashlib
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
-import yaml
 from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
 from ..errors import DataError
-from .layout import (
+from .layouts import layout_class, open_layout
+from .layouts.base import (
     DEFAULT_IGNORE_INDEX,
-    Layout,
-    LayoutOptions,
-    file_signature,
-    image_tensor,
-    one_line,
-    open_image,
-    read_json,
 )
+from .layouts.folder import DEFAULT_TASKS, TASKS, FolderLayout
 from .transforms import Resize
 
+if TYPE_CHECKING:
+    from ..config import DataConfig
+
 TeacherMaps = dict[str, dict[str, torch.Tensor]]
-
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
-#: label folder -> accepted extensions; a task reads the folder of the same name, detection reads boxes/
-LABEL_EXTENSIONS = {"depth": (".png", ".npy"), "semseg": (".png",), "boxes": (".json",), "meta": (".json",)}
-TASKS = ("depth", "semseg", "detection")
-DEFAULT_TASKS = ("depth", "semseg")
-LABEL_FOLDERS = {"depth": "depth", "semseg": "semseg", "detection": "boxes"}
-
-
-def _list_folder(folder: Path, extensions: Sequence[str]) -> tuple[dict[str, Path], list[Path]]:
-    """``{id: file}`` for files with a known extension, and the files skipped (hidden files aside)."""
-    found: dict[str, Path] = {}
-    skipped: list[Path] = []
-    if not folder.is_dir():
-        return found, skipped
-    for path in sorted(folder.iterdir()):
-        if path.name.startswith("."):
-            continue
-        if not path.is_file() or path.suffix.lower() not in extensions:
-            skipped.append(path)
-        elif path.stem in found:
-            raise DataError(
-                f"{found[path.stem]} and {path} both give id '{path.stem}'; keep only one of them"
-            )
-        else:
-            found[path.stem] = path
-    return found, skipped
-
-
-def _read_classes(path: Path) -> tuple[tuple[str, ...], int | None]:
-    """Class names and the optional ``ignore_index`` from ``classes.yaml``."""
-    hint = "it must look like 'names: [floor, wall, ...]' with an optional 'ignore_index: 255'"
-    try:
-        data = yaml.safe_load(path.read_text())
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
-        raise DataError(f"cannot parse {path}: {one_line(e)}; {hint}") from e
-    names = data.get("names") if isinstance(data, dict) else None
-    if not isinstance(names, list) or not names or not all(isinstance(n, str) for n in names):
-        raise DataError(f"{path} has no valid 'names' list (a non-empty list of strings); {hint}")
-    duplicates = sorted({n for n in names if names.count(n) > 1})
-    if duplicates:
-        raise DataError(f"{path} lists class names more than once: {', '.join(duplicates)}; make them unique")
-    ignore_index = data.get("ignore_index")
-    if ignore_index is not None and (isinstance(ignore_index, bool) or not isinstance(ignore_index, int)):
-        raise DataError(f"{path}: ignore_index must be an integer, got {ignore_index!r}; {hint}")
-    return tuple(names), ignore_index
-
-
-def _read_depth(path: Path) -> torch.Tensor:
-    """Depth in metres ``(1, H, W)``; anything that is not a positive finite distance becomes 0."""
-    if path.suffix.lower() == ".npy":
-        try:
-            array = np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as e:
-            raise DataError(f"cannot read {path}: {one_line(e)}; save depth with numpy.save") from e
-        if array.ndim != 2 or not (
-            np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)
-        ):
-            raise DataError(
-                f"{path} holds a {array.dtype} array of shape {array.shape}; depth .npy files must be "
-                "float32 metres of shape (H, W)"
-            )
-        metres = array.astype(np.float32)
-    else:
-        image = open_image(path)
-        if image.mode not in ("I;16", "I;16B", "I;16L", "I"):
-            raise DataError(
-                f"{path} is a mode-{image.mode} PNG; depth PNGs must be 16-bit millimetres (uint16) — "
-                f"or save float metres as {path.with_suffix('.npy').name}"
-            )
-        metres = np.asarray(image).astype(np.float32) / 1000.0
-    metres[~np.isfinite(metres) | (metres <= 0)] = 0.0
-    return torch.from_numpy(metres)[None]
-
-
-def _read_semseg(path: Path, num_classes: int, ignore_index: int) -> torch.Tensor:
-    """Class ids ``(H, W)`` long, refusing ids that ``classes.yaml`` does not declare."""
-    image = open_image(path)
-    if image.mode not in ("L", "P"):
-        raise DataError(
-            f"{path} is a mode-{image.mode} PNG; semseg PNGs must hold one class id per pixel "
-            "(mode L or P) — "
-            "convert colour masks to class ids"
-        )
-    ids = np.asarray(image)
-    present = np.flatnonzero(np.bincount(ids.ravel()))
-    bad = present[(present >= num_classes) & (present != ignore_index)]
-    if bad.size:
-        shown = ", ".join(str(v) for v in bad[:8]) + (", ..." if bad.size > 8 else "")
-        raise DataError(
-            f"{path} contains class ids {shown} outside 0..{num_classes - 1} (ignore_index {ignore_index} "
-            "marks unlabelled pixels); add the classes to classes.yaml or relabel those pixels"
-        )
-    return torch.from_numpy(ids.astype(np.int64))
-
-
-def _coco_annotations(data: dict, names: Sequence[str], path: Path) -> dict:
-    """COCO-style ``{"annotations": [{"bbox": [x, y, w, h], "category_id": id | "category": name}]}`` ->
-    ``{"boxes": [[x0, y0, x1, y1]], "labels": [...]}``; ids index ``classes.yaml``, names are looked up in it."""
-    boxes, labels = [], []
-    for k, ann in enumerate(data["annotations"]):
-        if not isinstance(ann, dict) or "bbox" not in ann:
-            raise DataError(f"{path}: annotation {k} has no 'bbox' [x, y, width, height]")
-        x, y, w, h = ann["bbox"]
-        if "category" in ann:
-            if ann["category"] not in names:
-                raise DataError(f"{path}: annotation {k} has category '{ann['category']}', which classes.yaml does "
-                                f"not list ({list(names)})")
-            label = list(names).index(ann["category"])
-        elif "category_id" in ann:
-            label = ann["category_id"]
-        else:
-            raise DataError(f"{path}: annotation {k} needs 'category_id' (a classes.yaml index) or 'category'")
-        boxes.append([x, y, x + w, y + h])
-        labels.append(label)
-    return {"boxes": boxes, "labels": labels}
-
-
-def _read_boxes(path: Path, num_classes: int | None = None,
-                names: Sequence[str] = ()) -> tuple[torch.Tensor, torch.Tensor]:
-    hint = ('it must look like {"boxes": [[x0, y0, x1, y1], ...], "labels": [class_id, ...]} in pixels, or COCO\'s '
-            '{"annotations": [{"bbox": [x, y, w, h], "category_id": class_id}, ...]}')
-    data = read_json(path)
-    try:
-        if isinstance(data, dict) and "annotations" in data:
-            data = _coco_annotations(data, names, path)
-        boxes = torch.tensor(data.get("boxes", []), dtype=torch.float32).reshape(-1, 4)
-        labels = torch.tensor(data.get("labels", []), dtype=torch.int64).reshape(-1)
-    except (TypeError, ValueError, RuntimeError, AttributeError) as e:
-        raise DataError(f"{path} is malformed ({one_line(e)}); {hint}") from e
-    if len(boxes) != len(labels):
-        raise DataError(f"{path} has {len(boxes)} boxes but {len(labels)} labels; {hint}")
-    if not torch.isfinite(boxes).all() or (boxes[:, 2:] < boxes[:, :2]).any() or (labels < 0).any():
-        raise DataError(
-            f"{path} has a non-finite box, a box with x1 < x0 or y1 < y0, or a negative label; {hint}"
-        )
-    if num_classes is not None and len(labels) and int(labels.max()) >= num_classes:
-        bad = sorted({int(v) for v in labels[labels >= num_classes]})
-        raise DataError(f"{path} has box labels {bad} outside 0..{num_classes - 1}, the classes of classes.yaml")
-    return boxes, labels
-
-
-def _read_meta(path: Path) -> tuple[str | None, torch.Tensor | None]:
-    """``(domain, intrinsics)`` from a meta file."""
-    data = read_json(path)
-    domain = data.get("domain")
-    if domain is not None and not isinstance(domain, str):
-        raise DataError(f"{path}: 'domain' must be a string, got {domain!r}")
-    intrinsics = data.get("intrinsics")
-    if intrinsics is not None:
-        try:
-            intrinsics = torch.tensor(intrinsics, dtype=torch.float32)
-        except (TypeError, ValueError) as e:
-            raise DataError(f"{path}: 'intrinsics' must be a 3x3 list of numbers ({one_line(e)})") from e
-        if intrinsics.shape != (3, 3):
-            raise DataError(
-                f"{path}: 'intrinsics' must be a 3x3 list of numbers, got shape {tuple(intrinsics.shape)}"
-            )
-    return domain, intrinsics
-
-
-class FolderLayout(Layout):
-    """The generic folder layout of the module docstring."""
-
-    name = "folder"
-    looks_for = "an images/ folder (with optional depth/, semseg/, boxes/, meta/ and classes.yaml)"
-    label_tasks = TASKS
-
-    @classmethod
-    def detect(cls, path: Path) -> bool:
-        return (path / "images").is_dir()
-
-    def __init__(self, path: Path, tasks: Sequence[str], split: str | None, options: LayoutOptions,
-                 *, strict: bool = True):
-        super().__init__(path, tasks, split, options, strict=strict)
-        if split is not None:
-            raise DataError(f"{path}: the folder layout has no splits (got split '{split}'); put each split in "
-                            "its own folder and point data.train and data.val at them")
-        self.root = root = self.path
-        if not root.is_dir():
-            raise DataError(f"dataset folder {root} does not exist; check the dataset root path")
-        if not (root / "images").is_dir():
-            raise DataError(f"{root} has no images/ folder; put the input images in {root / 'images'}")
-        images, skipped = _list_folder(root / "images", IMAGE_EXTENSIONS)
-        if not images:
-            others = [p.name for p in skipped]
-            shown = ", ".join(others[:5]) + (", ..." if len(others) > 5 else "")
-            found = f" (it has {len(others)} other file(s): {shown}; convert them to PNG or JPEG)" if others else ""
-            raise DataError(f"{root / 'images'} holds no .png/.jpg/.jpeg images{found}; put the dataset's images "
-                            "there, or point the config at the folder that has them")
-        path = root / "classes.yaml"
-        self.classes_source = str(path)
-        if path.is_file():
-            self.class_names, self.ignore_index = _read_classes(path)
-        elif "semseg" in self.tasks or "detection" in self.tasks:
-            raise DataError(
-                f"{path} is missing; segmentation and detection need it: write 'names: [floor, wall, ...]' "
-                "(and optionally 'ignore_index: 255')"
-            )
-        self.ids = tuple(sorted(images))
-        self._images = images
-        self._labels: dict[str, dict[str, Path]] = {}
-        for folder in {LABEL_FOLDERS[t] for t in self.tasks} | {"boxes", "meta"}:
-            files, unused = _list_folder(root / folder, LABEL_EXTENSIONS[folder])
-            self._labels[folder] = {i: p for i, p in files.items() if i in images}
-            skipped += unused + [p for i, p in files.items() if i not in images]
-        self.labelled = {task: frozenset(self._labels[LABEL_FOLDERS[task]]) for task in self.tasks}
-        self.skipped = skipped
-        if skipped:
-            shown = ", ".join(str(p.relative_to(root)) for p in skipped[:5])
-            warnings.warn(
-                f"{root}: ignoring {len(skipped)} file(s) that match no image or have an unsupported "
-                f"extension: {shown}{', ...' if len(skipped) > 5 else ''}",
-                stacklevel=4,
-            )
-
-    def read_image(self, sample_id: str) -> torch.Tensor:
-        return image_tensor(open_image(self._images[sample_id]))
-
-    def read_label(self, sample_id: str, task: str, num_classes: int | None, ignore_index: int) -> torch.Tensor:
-        path = self._labels[LABEL_FOLDERS[task]][sample_id]
-        return _read_depth(path) if task == "depth" else _read_semseg(path, num_classes, ignore_index)
-
-    def read_boxes(self, sample_id: str, num_classes: int | None) -> tuple[torch.Tensor, torch.Tensor] | None:
-        path = self._labels["boxes"].get(sample_id)
-        return None if path is None else _read_boxes(path, num_classes, self.class_names)
-
-    def read_meta(self, sample_id: str) -> tuple[str | None, torch.Tensor | None]:
-        path = self._labels["meta"].get(sample_id)
-        return (None, None) if path is None else _read_meta(path)
-
-    def image_file(self, sample_id: str) -> str:
-        return str(self._images[sample_id])
-
-    def label_file(self, sample_id: str, task: str) -> str:
-        return str(self._labels[LABEL_FOLDERS[task]][sample_id])
-
-    def signature(self, sample_id: str) -> str:
-        return file_signature(self._images[sample_id])
-
-    def identity(self) -> tuple:
-        return ()  # fingerprints of folder datasets stay what they were before layouts existed
-
-    def describe(self) -> str:
-        return "folder"
-
 
 class _StackedTeacherOutputs:
     """Indexes ``{teacher: {task: (N, C, h, w)}}`` per sample; a class so DataLoader workers can pickle it."""
@@ -346,8 +97,6 @@ class FolderDataset(torch.utils.data.Dataset):
         split: str | None = None,
         options: Mapping[str, Any] | None = None,
     ):
-        from .formats import open_layout  # the formats import this module
-
         self.tasks = (tasks,) if isinstance(tasks, str) else tuple(tasks)
         unknown = [t for t in self.tasks if t not in TASKS]
         if unknown:
@@ -530,3 +279,61 @@ class FolderDataset(torch.utils.data.Dataset):
                     t = F.resize(t, list(size), interpolation=InterpolationMode.BILINEAR, antialias=True)
                 out[name][task] = t
         return out
+
+
+_announced: set[tuple[str, str | None]] = set()
+
+
+def open_dataset(cfg: DataConfig, role: str, tasks: Sequence[str], **kwargs: Any) -> FolderDataset:
+    """The training (``role="train"``) or validation (``"val"``) set a :class:`DataConfig` describes.
+
+    With ``data.format: auto`` it prints once which format it found for each path and split.
+    """
+    path = cfg.train if role == "train" else cfg.val
+    if path is None:
+        raise DataError(f"data.{role} is not set")
+    split = cfg.train_split if role == "train" else cfg.val_split
+    cls = layout_class(path, cfg.format)
+    if split is None:
+        split = cls.default_split(Path(path), role)
+    dataset = FolderDataset(path, tasks, format=cls.name, split=split, options=cfg.format_options, **kwargs)
+    key = (str(Path(path).resolve()), split)
+    if cfg.format == "auto" and cls is not FolderLayout and key not in _announced:
+        _announced.add(key)
+        print(f"data.{role}: {path} is a {dataset.layout.describe()} dataset ({len(dataset)} images)", flush=True)
+    if role == "val":
+        check_labels(dataset, "val")
+    return dataset
+
+
+def _where(dataset: FolderDataset) -> str:
+    split = f" (split {dataset.split})" if dataset.split else ""
+    return f"{dataset.root}{split}"
+
+
+def check_labels(dataset: FolderDataset, role: str, taught: Collection[str] = ()) -> None:
+    """Refuse a split that can neither teach nor measure what the run asks for, before any work starts.
+
+    ``role="train"``: every task must have labels in the split or a teacher (``taught``) — a task with
+    neither would never learn, and a run without any signal would only write an untrained student.
+    ``role="val"``: at least one task needs labels (validation measures against labels only); a task
+    without any is warned about, since its metrics stay NaN (a teacher-only task on unlabelled data)."""
+    counts = dataset.label_counts()
+    where = _where(dataset)
+    if role == "train":
+        for task, count in counts.items():
+            if count == 0 and task not in taught:
+                raise DataError(
+                    f"data.train {where}: none of its {len(dataset)} images carries a '{task}' label and no teacher "
+                    f"teaches '{task}', so the task would never learn; add '{task}' labels, a teacher with "
+                    f"tasks: [{task}], or remove tasks.{task}")
+        return
+    if counts and not any(counts.values()):
+        raise DataError(
+            f"data.{role} {where}: none of its {len(dataset)} images carries a label of the tasks "
+            f"{', '.join(counts)}, so validation cannot measure anything; point data.{role} at a labelled split "
+            "or remove it")
+    for task, count in counts.items():
+        if count == 0:
+            warnings.warn(f"data.{role} {where} has no '{task}' labels: its '{task}' metrics will be NaN and model "
+                          "selection uses the other tasks", stacklevel=3)

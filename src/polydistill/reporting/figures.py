@@ -2,7 +2,7 @@
 
 Every plot is built by a ``*_figure`` function that returns a matplotlib figure (or None when its data is
 missing), so the Markdown report (PNG files beside it) and the HTML report (PNG data URIs inside one file,
-:mod:`polydistill.html_report`) draw the same pictures from one implementation.
+:mod:`polydistill.reporting.html`) draw the same pictures from one implementation.
 """
 
 from __future__ import annotations
@@ -21,9 +21,9 @@ import torch  # noqa: E402
 import yaml  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
-from .data import FolderDataset  # noqa: E402
-from .engine.logging import read_steps  # noqa: E402
-from .visualise import image_to_uint8, panel  # noqa: E402
+from ..data import FolderDataset  # noqa: E402
+from ..engine.logging import read_steps  # noqa: E402
+from .panels import image_to_uint8, panel  # noqa: E402
 
 DPI = 110
 #: the tasks a sample grid can draw (features tasks have no picture to compare with a label)
@@ -329,9 +329,9 @@ def _metric_table(metrics: dict[str, Any], task: str, keys: list[str]) -> list[s
 
 
 def write_demo_report(out: Path, metrics: dict[str, Any], test_dir: Path, teacher_runs: dict[str, Path]) -> Path:
-    from .evaluation.evaluate import student_predictor
-    from .evaluation.report import load_student
-    from .teachers import CheckpointTeacher
+    from ..checkpoint import load_student_model
+    from ..evaluation.evaluate import student_predictor
+    from ..teachers import CheckpointTeacher
 
     runs = {"student": out / "student", "label_only": out / "label_only", **teacher_runs}
     plot_loss_curves(runs, out / "loss_curves.png")
@@ -343,7 +343,7 @@ def write_demo_report(out: Path, metrics: dict[str, Any], test_dir: Path, teache
         teacher = CheckpointTeacher(name, run)
         predictors[name] = (teacher.predict, {t: teacher.task_objects[t] for t in teacher.tasks})
     for who in ("student", "label_only"):
-        model, tasks, _ = load_student(out / who)
+        model, tasks, _ = load_student_model(out / who)
         predictors[who] = (student_predictor(model, tasks), tasks)
     size = tuple(metrics["speed"]["image_size"])
     plot_samples(test_dir, predictors, out / "samples.png", size)

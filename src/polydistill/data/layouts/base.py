@@ -1,4 +1,4 @@
-"""What a dataset format must provide so that :class:`~polydistill.data.folder.FolderDataset` can serve it.
+"""What a dataset format must provide so that :class:`~polydistill.data.dataset.FolderDataset` can serve it.
 
 Every on-disk format (the generic folder layout, NYUv2, Cityscapes, COCO) is one :class:`Layout`: it lists
 the sample ids of one split, says which ids carry which label, and reads an image, a dense label, boxes and
@@ -24,8 +24,8 @@ from PIL import Image
 from pydantic import BaseModel, ConfigDict, ValidationError
 from torchvision.transforms.v2 import functional as F
 
-from ..errors import DataError
-from ..registry import did_you_mean
+from ...errors import DataError
+from ...registry import did_you_mean
 
 DEFAULT_IGNORE_INDEX = 255
 

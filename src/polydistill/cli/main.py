@@ -18,7 +18,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from .errors import PolydistillError
+from ..errors import PolydistillError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Distill many teachers into one compact multi-task student for dense prediction.")
@@ -66,8 +66,8 @@ def demo(
 ):
     """Distill a depth teacher and a segmentation teacher into one small student, offline, on built-in data."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from .demo import PRESETS, run_demo
-    from .registry import did_you_mean
+    from ..demo.story import PRESETS, run_demo
+    from ..registry import did_you_mean
 
     if preset not in PRESETS:
         raise PolydistillError(f"unknown preset '{preset}'{did_you_mean(preset, list(PRESETS))}")
@@ -95,8 +95,8 @@ def cache(
                                                help="rebuild a stale cache (default) or stop with an error")] = True,
 ):
     """Run the config's teachers once over its training images and store their outputs (train reuses them)."""
-    from .config import load_config
-    from .run import cache_teachers
+    from ..config import load_config
+    from ..pipeline.train import cache_teachers
 
     cfg = load_config(config, overrides or [])
     for split, store in cache_teachers(cfg, out, rebuild=auto_rebuild, force=rebuild).items():
@@ -120,9 +120,9 @@ def train(
     resume: Annotated[bool, typer.Option(help="continue from OUT/checkpoints/last")] = False,
 ):
     """Train a student (or, with one task and full labels, a teacher) from a config."""
-    from .config import load_config
-    from .distributed import rank
-    from .run import train_run
+    from ..config import load_config
+    from ..engine.distributed import rank
+    from ..pipeline.train import train_run
 
     cfg = load_config(config, overrides or [])
     result = train_run(cfg, out, resume=resume)
@@ -144,7 +144,7 @@ def report(
 ):
     """Write one self-contained HTML report (tables, plots, sample grid) of a training run or a demo output."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # a hub teacher that is not cached is skipped, never downloaded
-    from .html_report import write_html_report
+    from ..reporting.html import write_html_report
 
     path = write_html_report(run_dir, out, data=data, teachers=teachers)
     console.print(f"[bold green]done[/]: {path}", highlight=False)
@@ -162,7 +162,7 @@ def eval_cmd(
     output: Annotated[Path | None, typer.Option(help="write the results as JSON here")] = None,
 ):
     """Metrics of a checkpoint on a split; Δm against an explicit baseline; retention, size and latency."""
-    from .evaluation.report import evaluate_checkpoint
+    from ..pipeline.evaluate import evaluate_checkpoint
 
     result = evaluate_checkpoint(checkpoint, data, size=(height, width), baseline=baseline, teachers=teachers or [])
     text = json.dumps(result, indent=2)
@@ -182,7 +182,7 @@ def generate(
     workers: int | None = None,
 ):
     """Render a ShapeScenes split (RGB, metric depth, classes, boxes) in the generic folder layout."""
-    from .data.shapescenes import generate_split
+    from ..data.shapescenes import generate_split
 
     generate_split(out, count, seed=seed, height=height, width=width, workers=workers)
     console.print(f"[bold green]done[/]: {count} images in {out}")
@@ -195,8 +195,8 @@ def config_cmd(
     overrides: Annotated[list[str] | None, typer.Argument(help="dotted overrides")] = None,
 ):
     """Validate a config (keys, types, component names and strategy options) and print it fully resolved."""
-    from .config import dump_config, load_config
-    from .run import check_names
+    from ..config import dump_config, load_config
+    from ..pipeline.train import check_names
 
     cfg = load_config(config, overrides or [])
     check_names(cfg)
@@ -209,26 +209,26 @@ def modules_cmd(
     depth: Annotated[int | None, typer.Option(help="only paths with at most this many dotted parts")] = None,
 ):
     """List the module paths of a model (what recorders and feature distillation can hook)."""
-    from .recorders import module_paths
+    from ..recorders import module_paths
 
     if model.startswith("timm:"):
         import timm
 
         net = timm.create_model(model[len("timm:"):], pretrained=False)
     else:
-        from .evaluation.report import load_student
+        from ..checkpoint import load_student_model
 
-        net = load_student(model, inference=False)[0]
+        net = load_student_model(model, inference=False)[0]
     sys.stdout.write("\n".join(module_paths(net, max_depth=depth)) + "\n")
 
 
 # export, bench latency and predict live in cli_deploy (heavy imports stay inside the commands)
-from .cli_deploy import register as _register_deploy  # noqa: E402
+from .deploy import register as _register_deploy  # noqa: E402
 
 _register_deploy(app, friendly_errors)
 
 # `polydistill data check` lives in cli_data (heavy imports stay inside the command)
-from .cli_data import data_app  # noqa: E402
+from .data import data_app  # noqa: E402
 
 app.add_typer(data_app, name="data")
 

@@ -34,9 +34,9 @@ from typing import Any, ClassVar
 import jinja2
 import yaml
 
-from . import __version__
-from .errors import DataError, PolydistillError
-from .report import (
+from .. import __version__
+from ..errors import DataError, PolydistillError
+from .figures import (
     DRAWN_TASKS,
     WEIGHT_SMOOTHING,
     _fmt,
@@ -272,7 +272,7 @@ def _read_yaml(path: Path) -> tuple[dict[str, Any] | None, str]:
 
 
 def _directions() -> dict[str, bool]:
-    from .tasks import TASKS
+    from ..tasks import TASKS
 
     out: dict[str, bool] = {"map75": True}  # reported, though not one of Δm's metrics
     for name in TASKS:
@@ -350,10 +350,10 @@ def _sample_blocks(split: Path | None, split_label: str, *, student: tuple[Any, 
                    teachers_note: str | None = None) -> list[Any]:
     """The sample grid (one figure per drawn task) of ``student`` (model, tasks, spec), the students in
     ``extra_students`` (run folders) and the teachers."""
-    from .data import FolderDataset
-    from .evaluation.evaluate import student_predictor
-    from .evaluation.report import load_student
-    from .tasks.semseg import palette
+    from ..checkpoint import load_student_model
+    from ..data import FolderDataset
+    from ..evaluation.evaluate import student_predictor
+    from ..tasks.semseg import palette
 
     if split is None:
         return [Note(f"no sample grid: no {split_label} is known; pass --data FOLDER")]
@@ -375,7 +375,7 @@ def _sample_blocks(split: Path | None, split_label: str, *, student: tuple[Any, 
     notes: list[Any] = [Note(teachers_note)] if teachers_note else []
     for name, path in (extra_students or {}).items():
         try:
-            other, other_tasks, _ = load_student(path)
+            other, other_tasks, _ = load_student_model(path)
             predictors[name] = (student_predictor(other, other_tasks), other_tasks)
         except (PolydistillError, OSError) as exc:
             notes.append(Note(f"'{name}' is not drawn: {exc}"))
@@ -414,10 +414,10 @@ def _sample_blocks(split: Path | None, split_label: str, *, student: tuple[Any, 
 
 def _load_student(run_dir: Path) -> tuple[tuple[Any, dict, dict] | None, str]:
     """(model, tasks, spec) of a run's best (else last) checkpoint, or None and the reason."""
-    from .evaluation.report import load_student
+    from ..checkpoint import load_student_model
 
     try:
-        return load_student(run_dir), ""
+        return load_student_model(run_dir), ""
     except (PolydistillError, OSError) as exc:
         return None, str(exc)
 
@@ -436,8 +436,8 @@ def _guarded(title: str, build: Callable[[], list[Any]]) -> Section:
 
 def _teacher_sources(config: dict[str, Any], tasks: dict) -> list[TeacherSource]:
     """Builders of the run's teachers, from its config (nothing is loaded until a builder is called)."""
-    from .config import TeacherConfig
-    from .teachers import build_teacher
+    from ..config import TeacherConfig
+    from ..teachers import build_teacher
 
     semseg = list(tasks["semseg"].class_names) if "semseg" in tasks else None
     detection = list(tasks["detection"].class_names) if "detection" in tasks else None
@@ -447,8 +447,8 @@ def _teacher_sources(config: dict[str, Any], tasks: dict) -> list[TeacherSource]
 
 def train_report(run_dir: Path, *, data: Path | None = None, teachers: bool = True) -> Report:
     """The page of one ``polydistill train`` run directory."""
-    from .engine.logging import read_steps
-    from .evaluation.speed import count_parameters
+    from ..engine.logging import read_steps
+    from ..evaluation.speed import count_parameters
 
     run_dir = Path(run_dir)
     config, config_text = _read_yaml(run_dir / "config.yaml")
@@ -569,7 +569,7 @@ def _delta(v: Any) -> str:
 
 def demo_report(out: Path, metrics: dict[str, Any], *, data: Path | None = None, teachers: bool = True) -> Report:
     """The page of a ``polydistill demo`` output folder (``metrics.json``, ``student/``, ``label_only/``)."""
-    from .teachers import CheckpointTeacher
+    from ..teachers import CheckpointTeacher
 
     out = Path(out)
     config, config_text = _read_yaml(out / "student" / "config.yaml")

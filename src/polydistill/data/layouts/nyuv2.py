@@ -27,8 +27,8 @@ import numpy as np
 import torch
 import yaml
 
-from ..errors import DataError
-from .layout import Layout, LayoutOptions, bad_values, file_signature, lookup_labels, numeric_order, one_line
+from ...errors import DataError
+from .base import Layout, LayoutOptions, bad_values, file_signature, lookup_labels, numeric_order, one_line
 
 CLASS_MAPS = Path(__file__).resolve().parent.parent / "class_maps"
 NYU_CLASSES = 894

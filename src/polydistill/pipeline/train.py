@@ -16,22 +16,22 @@ import torch
 from accelerate.utils import set_seed
 from torch.utils.data import Dataset, Subset
 
-from .cache import TeacherCache, cache_slot, open_or_build_cache
-from .config import RunConfig, save_config
-from .data import FolderDataset, build_train_transform, check_labels, open_dataset
-from .distill import Objective
-from .distill.trajectory import KnowledgeTrajectory
-from .distill.weighting import TASK_WEIGHTINGS, TEACHER_WEIGHTINGS, build_weighting
-from .distill.weighting.base import parse_options
-from .engine.checkpoint import find_checkpoint, load_matching_weights
-from .engine.logging import require_tensorboard
-from .engine.trainer import FitResult, Trainer, make_accelerator
-from .errors import ConfigError
-from .evaluation.evaluate import cached_predictor, evaluate
-from .registry import did_you_mean
-from .students import build_student
-from .tasks import TASKS, task_type
-from .teachers import TEACHER_SOURCES, Teacher, build_teacher
+from ..cache import TeacherCache, cache_slot, open_or_build_cache
+from ..checkpoint import find_checkpoint, load_matching_weights
+from ..config import RunConfig, save_config
+from ..data import FolderDataset, build_train_transform, check_labels, open_dataset
+from ..distill import Objective
+from ..distill.trajectory import KnowledgeTrajectory
+from ..distill.weighting import TASK_WEIGHTINGS, TEACHER_WEIGHTINGS, build_weighting
+from ..distill.weighting.base import parse_options
+from ..engine.logging import require_tensorboard
+from ..engine.trainer import FitResult, Trainer, make_accelerator
+from ..errors import ConfigError
+from ..evaluation.evaluate import cached_predictor, evaluate
+from ..registry import did_you_mean
+from ..students import build_student
+from ..tasks import TASKS, task_type
+from ..teachers import TEACHER_SOURCES, Teacher, build_teacher
 
 
 class LabelledSubset(Subset):
@@ -337,7 +337,7 @@ def write_run_report(run_dir: Path) -> Path | None:
     """``RUN_DIR/report.html`` after training. Kept cheap: the student and the ground truth on four validation
     images, no teacher forward (``polydistill report RUN_DIR`` draws the teachers too). The run is saved by
     then, so a failure here is reported and does not fail the run."""
-    from .html_report import write_html_report
+    from ..reporting.html import write_html_report
 
     try:
         return write_html_report(run_dir, teachers=False)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .tasks import Task
+from ..tasks import Task
 
 
 def image_to_uint8(image: torch.Tensor) -> np.ndarray:

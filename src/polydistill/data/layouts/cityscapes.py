@@ -26,8 +26,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import DataError
-from .layout import (
+from ...errors import DataError
+from .base import (
     Layout,
     LayoutOptions,
     file_signature,

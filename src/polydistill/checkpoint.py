@@ -29,7 +29,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ..errors import PolydistillError
+from .errors import PolydistillError
+from .students import build_student
 
 
 class CheckpointError(PolydistillError):
@@ -265,3 +266,19 @@ def recover_checkpoint(directory: str | Path) -> None:
         olds.pop().rename(directory)
     for leftover in [*olds, *directory.parent.glob(f".tmp-{directory.name}-*")]:
         shutil.rmtree(leftover, ignore_errors=True)
+
+
+def load_student_model(path: str | Path, *, inference: bool = True):
+    """(model in eval mode, tasks, spec) from a checkpoint or run directory.
+
+    ``inference=True`` drops the training-only parts (feature projectors) and their tasks: what a deployed
+    student computes. ``False`` keeps the model exactly as trained.
+    """
+    ckpt = find_checkpoint(path)
+    spec = load_spec(ckpt)
+    model, tasks = build_student(spec)
+    load_weights(model, ckpt)
+    if inference:
+        model = model.inference_model()
+        tasks = {n: t for n, t in tasks.items() if n in model.task_names}
+    return model.eval(), tasks, spec

@@ -21,7 +21,7 @@ def _options(pairs: list[str]) -> dict:
     """``["classes=40", "split_file=/x/splits.mat"]`` -> ``{"classes": 40, ...}`` (values parsed as YAML)."""
     import yaml
 
-    from .errors import ConfigError
+    from ..errors import ConfigError
 
     options = {}
     for pair in pairs:
@@ -49,8 +49,8 @@ def check(
     from rich.progress import Progress
     from rich.table import Table
 
-    from .data.check import check_dataset, write_json
-    from .errors import PolydistillError
+    from ..data.check import check_dataset, write_json
+    from ..errors import PolydistillError
 
     try:
         with Progress(disable=not progress, transient=True, console=console) as bar:

@@ -14,7 +14,7 @@ Outputs per image ``<name>`` (a second input with the same name gets ``<name>_2`
 * ``<name>_detection.json`` (boxes in the image's pixels with class, score and the median predicted depth in
   the box) and ``<name>_detection_vis.png`` (image | boxes labelled "class score distance");
 * ``<name>_<task>.npy`` the model's task-space outputs at its own resolution (float32; see
-  :mod:`polydistill.export` for their meaning), unless ``raw=False``.
+  :mod:`polydistill.deploy.export` for their meaning), unless ``raw=False``.
 
 Per video ``<name>.mp4|avi|mov|mkv`` (read with OpenCV): ``<name>_pred.mp4`` (or ``.avi`` where the mp4 encoder
 is missing) with every frame as one mosaic (frame with boxes | depth | classes; the depth colours use one range
@@ -28,11 +28,10 @@ message, so one bad file in a folder of thousands does not lose the others.
 
 from __future__ import annotations
 
-import glob
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,85 +40,17 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .data.layout import image_tensor, open_image
-from .errors import ConfigError, DataError
-from .tasks import Task
-from .tasks.depth import DepthTask
-from .tasks.detection import box_median_depth
-from .visualise import image_to_uint8
+from ..checkpoint import load_student_model
+from ..errors import ConfigError, DataError
+from ..reporting.panels import image_to_uint8
+from ..tasks import Task
+from ..tasks.depth import DepthTask
+from ..tasks.detection import box_median_depth
+from .inputs import collect_inputs, load_image, resize_image
+from .runtime import INPUT_NAME, TaskSpaceModel, ort_session, read_sidecar, tasks_from_sidecar
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff"}
-VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv"}
 #: boxes below this score are written to the JSON but not drawn
 DRAW_SCORE = 0.3
-
-
-# ----------------------------------------------------------------------------------------------- inputs
-@dataclass
-class Inputs:
-    images: list[Path] = field(default_factory=list)
-    videos: list[Path] = field(default_factory=list)
-    #: files named directly on the command line: unreadable ones are errors, not skips
-    explicit: set[Path] = field(default_factory=set)
-
-
-def _has_magic(text: str) -> bool:
-    return any(c in text for c in "*?[")
-
-
-def collect_inputs(inputs: list[Path], videos: bool = True) -> Inputs:
-    """Expand files, folders (their images and videos, sorted; a dataset folder's ``images/``) and glob
-    patterns (``'photos/*.jpg'``, ``'**'`` recursive) into image and video files."""
-    found = Inputs()
-    wanted = IMAGE_SUFFIXES | (VIDEO_SUFFIXES if videos else set())
-
-    def add(path: Path, explicit: bool) -> None:
-        kind = found.videos if path.suffix.lower() in VIDEO_SUFFIXES else found.images
-        if path not in kind:
-            kind.append(path)
-        if explicit:
-            found.explicit.add(path)
-
-    for item in inputs:
-        p = Path(item)
-        if p.is_dir():
-            folder = p / "images" if (p / "images").is_dir() else p
-            for f in sorted(folder.iterdir()):
-                if f.is_file() and f.suffix.lower() in wanted and not f.name.startswith("."):
-                    add(f, False)
-        elif p.is_file():
-            if p.suffix.lower() in VIDEO_SUFFIXES and not videos:
-                raise DataError(f"'{p}' is a video; give images here")
-            add(p, True)
-        elif _has_magic(str(item)):
-            matches = sorted(Path(m) for m in glob.glob(str(item), recursive=True))
-            files = [m for m in matches if m.is_file() and m.suffix.lower() in wanted]
-            if not files:
-                raise DataError(f"the pattern '{item}' matches no image{' or video' if videos else ''} files "
-                                f"({', '.join(sorted(wanted))})")
-            for f in files:
-                add(f, False)
-        else:
-            raise DataError(f"input '{p}' does not exist; give image or video files, folders or quoted glob "
-                            "patterns such as 'photos/*.jpg'")
-    if not found.images and not found.videos:
-        raise DataError(f"no images{' or videos' if videos else ''} ({', '.join(sorted(wanted))}) found in "
-                        f"{[str(p) for p in inputs]}")
-    return found
-
-
-def load_image(path: Path) -> torch.Tensor:
-    """``(3, H, W)`` float RGB in [0, 1]; a :class:`DataError` naming the file when it cannot be decoded (the
-    datasets' reader, so prediction and training accept and refuse the same files)."""
-    return image_tensor(open_image(path))
-
-
-def resize_image(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """``(3, H, W)`` → ``(3, h, w)`` bilinear, antialiased when shrinking (as the datasets resize for evaluation)."""
-    if tuple(image.shape[-2:]) == tuple(size):
-        return image
-    shrink = size[0] < image.shape[-2] or size[1] < image.shape[-1]
-    return F.interpolate(image[None], size=tuple(size), mode="bilinear", align_corners=False, antialias=shrink)[0]
 
 
 # ----------------------------------------------------------------------------------------------- models
@@ -138,10 +69,8 @@ class TorchPredictor(Predictor):
     backend = "pytorch"
 
     def __init__(self, checkpoint: Path):
-        from .evaluation.report import load_student
-        from .export import TaskSpaceModel
 
-        student, self.tasks, spec = load_student(checkpoint)
+        student, self.tasks, spec = load_student_model(checkpoint)
         self.model = TaskSpaceModel(student, self.tasks).eval()
         size = spec.get("input_size")
         self.input_size = tuple(size) if size else None
@@ -155,7 +84,6 @@ class OnnxPredictor(Predictor):
     backend = "onnxruntime"
 
     def __init__(self, onnx_file: Path, threads: int | None = None):
-        from .export import INPUT_NAME, ort_session, read_sidecar, tasks_from_sidecar
 
         if not onnx_file.is_file():
             raise ConfigError(f"ONNX model '{onnx_file}' does not exist")

@@ -18,7 +18,8 @@ from typing import Any
 import torch
 
 from ..errors import ConfigError
-from .speed import count_parameters, measure_latency
+from ..evaluation.speed import count_parameters, measure_latency
+from .export import TaskSpaceModel, export_onnx, exportable_copy, make_sidecar, onnx_runner
 
 
 def parse_sizes(text: str) -> list[tuple[int, int]]:
@@ -83,13 +84,13 @@ def bench_latency(checkpoint: Path, *, onnx: Path | None = None, teachers: list[
     is exported to a temporary file first."""
     import onnxruntime
 
-    from ..export import TaskSpaceModel, export_onnx, exportable_copy, make_sidecar, onnx_runner
-    from .report import load_student
+    from ..checkpoint import load_student_model
+
 
     if threads:
         torch.set_num_threads(threads)
     threads = torch.get_num_threads()
-    student, tasks, spec = load_student(checkpoint)
+    student, tasks, spec = load_student_model(checkpoint)
     eager = TaskSpaceModel(student, tasks).eval()
     with tempfile.TemporaryDirectory() as tmp:
         if onnx is None:

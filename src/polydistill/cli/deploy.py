@@ -34,7 +34,7 @@ def export_cmd(
     width: int | None = None,
 ):
     """Export a student to ONNX (task-space outputs, dynamic sizes), checked against eager PyTorch (exit 1 if off)."""
-    from .export import export_checkpoint
+    from ..deploy.export import export_checkpoint
 
     result = export_checkpoint(checkpoint, out, images=images, tolerance=tolerance, size=(height, width),
                                torchscript=torchscript, check=check, max_images=max_images)
@@ -75,7 +75,7 @@ def bench_latency_cmd(
     out: Annotated[Path, typer.Option(help="folder for latency.json and latency.md")] = Path("runs/bench_latency"),
 ):
     """Median latency of the student (eager PyTorch and ONNX Runtime) and each teacher, per size and batch (CPU)."""
-    from .evaluation.latency import bench_latency, latency_markdown, latency_table, parse_batches, parse_sizes
+    from ..deploy.latency import bench_latency, latency_markdown, latency_table, parse_batches, parse_sizes
 
     result = bench_latency(checkpoint, onnx=onnx, teachers=teachers or [], sizes=parse_sizes(sizes),
                            batches=parse_batches(batch), rounds=rounds, iters=iters, warmup=warmup, threads=threads)
@@ -99,7 +99,7 @@ def predict_cmd(
     progress: bool = True,
 ):
     """Depth, classes, boxes with distances and raw outputs for images, folders, globs and videos (with fps)."""
-    from .predict import predict
+    from ..deploy.predict import predict
 
     summary = predict(model, [Path(p) for p in inputs], out, size=(height, width), raw=raw,
                       video_frames=video_frames, progress=progress, threads=threads, console=console)

@@ -8,30 +8,13 @@ from typing import Any
 
 import torch
 
+from ..checkpoint import find_checkpoint, load_student_model
 from ..data import FolderDataset
-from ..engine.checkpoint import find_checkpoint, load_spec, load_weights
 from ..errors import PolydistillError
-from ..students import build_student
+from ..evaluation.delta_m import delta_m, retention
+from ..evaluation.evaluate import evaluate, student_predictor
+from ..evaluation.speed import count_parameters, measure_latency
 from ..teachers import CheckpointTeacher
-from .delta_m import delta_m, retention
-from .evaluate import evaluate, student_predictor
-from .speed import count_parameters, measure_latency
-
-
-def load_student(path: str | Path, *, inference: bool = True):
-    """(model in eval mode, tasks, spec) from a checkpoint or run directory.
-
-    ``inference=True`` drops the training-only parts (feature projectors) and their tasks: what a deployed
-    student computes. ``False`` keeps the model exactly as trained.
-    """
-    ckpt = find_checkpoint(path)
-    spec = load_spec(ckpt)
-    model, tasks = build_student(spec)
-    load_weights(model, ckpt)
-    if inference:
-        model = model.inference_model()
-        tasks = {n: t for n, t in tasks.items() if n in model.task_names}
-    return model.eval(), tasks, spec
 
 
 def _core(metrics: dict[str, dict[str, float]], directions: dict[str, dict[str, bool]]) -> dict[str, dict[str, float]]:
@@ -40,7 +23,7 @@ def _core(metrics: dict[str, dict[str, float]], directions: dict[str, dict[str, 
 
 def evaluate_checkpoint(checkpoint: Path, data: Path, *, size: tuple[int | None, int | None] = (None, None),
                         baseline: Path | None = None, teachers: list[Path] = ()) -> dict[str, Any]:
-    model, tasks, spec = load_student(checkpoint)
+    model, tasks, spec = load_student_model(checkpoint)
     h, w = size
     if h is None or w is None:
         h, w = spec.get("input_size", (None, None))

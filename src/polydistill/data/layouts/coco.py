@@ -30,8 +30,8 @@ from typing import Literal
 import numpy as np
 import torch
 
-from ..errors import DataError
-from .layout import Layout, LayoutOptions, bad_values, file_signature, image_tensor, open_image, read_json
+from ...errors import DataError
+from .base import Layout, LayoutOptions, bad_values, file_signature, image_tensor, open_image, read_json
 
 ANNOTATIONS = "annotations"
 

@@ -1,0 +1,1 @@
+"""polydistill.pipeline"""
