@@ -2,7 +2,7 @@
 
 The requirement is >= 50 images/s at 128x160 on 2 cores. Run from the repository root:
 
-    PYTHONPATH=src python benchmarks/bench_shapescenes.py [--num 400] [--workers 1 2]
+    python -m benchmarks.bench_shapescenes [--num 400] [--workers 1 2]
 
 Wall-clock numbers depend on what else the machine is doing, so the table also shows the load
 average at the start and the CPU milliseconds spent per image (parent plus workers), which is the
@@ -37,12 +37,12 @@ def measure(num: int, height: int, width: int, workers: int, root: Path) -> tupl
     return num / elapsed, 1000 * cpu / num
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--num", type=int, default=400, help="images per run")
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--sizes", nargs="+", default=["128x160", "96x128"], help="HxW")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
 
     print(f"cpus={os.cpu_count()} load average at start={os.getloadavg()[0]:.2f} images per run={args.num}")
     print(f"{'size':>9} {'workers':>7} {'images/s':>9} {'cpu ms/img':>10}")

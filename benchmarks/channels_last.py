@@ -6,7 +6,7 @@ each backbone in NCHW and in NHWC (``model.to(memory_format=torch.channels_last)
 ``train.channels_last`` does). Rounds interleave the variants so a slow moment of the machine hits all of
 them; the median per variant is printed with the NCHW/NHWC ratio.
 
-    PYTHONPATH=src python benchmarks/channels_last.py [--threads 1] [--rounds 5] [--iters 4]
+    python -m benchmarks.channels_last [--threads 1] [--rounds 5] [--iters 4]
         [--backbones mobilenetv3_small_100,mobilenetv3_large_075]
 """
 
@@ -18,18 +18,18 @@ import time
 
 import torch
 
-from polydistill.demo.story import OBJECT_CLASSES, STUDENT_TASK_OPTIONS
+from polydistill.demo import OBJECT_CLASSES, STUDENT_TASK_OPTIONS
 from polydistill.students import build_student
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--iters", type=int, default=4)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--backbones", default="mobilenetv3_small_100,mobilenetv3_large_075")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     tasks = {"depth": {}, "semseg": {**STUDENT_TASK_OPTIONS["semseg"], "num_classes": 7},
              "detection": {**STUDENT_TASK_OPTIONS["detection"], "num_classes": len(OBJECT_CLASSES)}}

@@ -7,7 +7,7 @@ see the machine in the same state; each is a fresh ``python -m`` process. Each r
 with ``git worktree`` under OUT (``--after`` defaults to HEAD) and runs with the same interpreter and packages,
 so edits in the working tree during the benchmark cannot leak into it.
 
-    python benchmarks/demo_wall_time.py --before 881352e [--after HEAD] [--preset default] [--out runs/bench_demo_time]
+    python -m benchmarks.demo_wall_time --before 881352e [--after HEAD] [--preset default] [--out runs/bench_demo_time]
 
 Prints and writes OUT/results.md and OUT/results.json: wall time and the demo's own phase timings
 (``metrics.json``: data, teachers, distillation, label-only student, evaluation), peak RSS, and the
@@ -25,6 +25,8 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from .common import command_line, table_header, write_results
 
 REPO = Path(__file__).resolve().parents[1]
 PHASES = ("data_s", "teachers_s", "distill_s", "label_only_s", "eval_s")
@@ -61,8 +63,8 @@ def markdown(results: dict[str, Any]) -> str:
              f"Before: `{meta['before']}`; after: `{meta['after']}`. Preset `{meta['preset']}`, {meta['cpus']} CPUs, "
              f"load average {meta['load_start']:.2f} at the start. Order of the runs: "
              + ", ".join(meta["order"]) + ".", "",
-             "| run | wall | data | teachers | distillation | label-only | evaluation | peak RSS MB | AbsRel | mIoU |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             *table_header(["run", "wall", "data", "teachers", "distillation", "label-only", "evaluation",
+                            "peak RSS MB", "AbsRel", "mIoU"])]
     for name in meta["order"]:
         r = results["runs"][name]
         p = r["phases"]
@@ -72,13 +74,13 @@ def markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--before", required=True, help="git ref of the earlier release")
     parser.add_argument("--after", default="HEAD", help="git ref of the release to compare (default HEAD)")
     parser.add_argument("--preset", default="default")
     parser.add_argument("--out", default="runs/bench_demo_time")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     refs = {"before": args.before, "after": args.after}
@@ -95,7 +97,7 @@ def main() -> None:
     for name in trees:
         shutil.rmtree(out / f"cache_{name}", ignore_errors=True)
     order = [("before", "cold"), ("after", "cold"), ("before", "warm"), ("after", "warm")]
-    meta = {"command": "python benchmarks/demo_wall_time.py " + " ".join(sys.argv[1:]),
+    meta = {"command": command_line("benchmarks.demo_wall_time", argv),
             "before": commits["before"], "after": commits["after"], "preset": args.preset,
             "cpus": os.cpu_count(), "load_start": os.getloadavg()[0], "order": [f"{t} {k}" for t, k in order]}
     results: dict[str, Any] = {"meta": meta, "runs": {}}
@@ -105,7 +107,7 @@ def main() -> None:
         results["runs"][f"{tree} {kind}"] = r
         print(f"  {minutes(r['wall_s'])}", flush=True)
         (out / "results.json").write_text(json.dumps(results, indent=2))
-    (out / "results.md").write_text(markdown(results))
+    write_results(out, results, markdown(results))
     print(markdown(results))
     for name in trees:
         subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(out / f"{name}_tree")],

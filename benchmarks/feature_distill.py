@@ -1,6 +1,6 @@
 """Feature teachers on the demo: the plain student vs. the DUNE projector path vs. the SAK layout.
 
-What is measured. The demo's data, teachers and student recipe (``polydistill.demo.story``); three students
+What is measured. The demo's data, teachers and student recipe (``polydistill.demo.prepare``); three students
 with the same budget (the demo's ``student_steps`` optimizer steps, same batch, learning rate and seed):
 
 * ``plain`` — the demo student: three output teachers (depth, segmentation, the narrow dusk depth
@@ -20,8 +20,8 @@ For every student: test metrics on the held-out test split (checkpoint chosen on
 primary metrics, vs. the reference teachers, positive = better), the deployed model's parameters and
 batch-1 latency (projectors dropped), measured side by side in one process.
 
-    PYTHONPATH=src python benchmarks/feature_distill.py [--preset default] [--seeds 0,1] [--out runs/bench_features]
-                                                        [--projector mlp] [--norm standardize] [--force]
+    python -m benchmarks.feature_distill [--preset default] [--seeds 0,1] [--out runs/bench_features]
+                                         [--projector mlp] [--norm standardize] [--force]
 
 Writes OUT/<variant>/seed<k>/ (the runs), OUT/results.json and OUT/results.md.
 """
@@ -29,36 +29,18 @@ Writes OUT/<variant>/seed<k>/ (the runs), OUT/results.json and OUT/results.md.
 from __future__ import annotations
 
 import argparse
-import json
 import math
-import shlex
 import shutil
 import statistics
-import sys
 from pathlib import Path
 from typing import Any
 
-import torch
 from rich.console import Console
-from rich.table import Table
 
-from polydistill import __version__
-from polydistill.checkpoint import load_student_model
-from polydistill.config import load_config
-from polydistill.demo.story import (
-    PRESETS,
-    TEACHER_TASKS,
-    Preset,
-    compare_with_teachers,
-    evaluate_teachers,
-    generate_data,
-    student_config,
-    test_set,
-    train_teachers,
-)
-from polydistill.evaluation.evaluate import evaluate, student_predictor
-from polydistill.evaluation.speed import count_parameters, measure_latency
-from polydistill.pipeline.train import train_run
+import polydistill
+from polydistill import demo
+
+from .common import command_line, device, markdown_table, print_table, write_results
 
 DATA_SEED = 0
 VARIANTS = ("plain", "dune", "sak", "sak_one_stage")
@@ -80,17 +62,18 @@ def with_feature_teachers(cfg: dict[str, Any], feature_only: bool = False) -> di
         feats = {task: module for task, (name, module) in FEATURE_TEACHERS.items() if name == t["name"]}
         if feats:
             t = dict(t, options={"features": feats, "grid_stride": GRID_STRIDE},
-                     tasks=list(feats) if feature_only else [TEACHER_TASKS[t["name"]], *feats])
+                     tasks=list(feats) if feature_only else [demo.TEACHER_TASKS[t["name"]], *feats])
         elif feature_only:
             continue
         teachers.append(t)
     return {**cfg, "teachers": teachers}
 
 
-def configs(variant: str, preset: Preset, splits: dict[str, Path], teacher_runs: dict[str, Path], *, seed: int,
-            out: Path, projector: str, norm: str, stage1: float) -> list[tuple[str, dict[str, Any]]]:
+def configs(variant: str, setup: demo.DemoSetup, *, seed: int, out: Path, projector: str, norm: str,
+            stage1: float) -> list[tuple[str, dict[str, Any]]]:
     """``[(run name, config)]`` of one variant (SAK has two stages)."""
-    base = student_config(preset, splits, teacher_runs, seed=seed, progress=False)
+    preset = setup.preset
+    base = setup.student_config(seed=seed)
     if variant == "plain":
         return [("run", base)]
     cfg = with_feature_teachers(base)
@@ -114,20 +97,13 @@ def configs(variant: str, preset: Preset, splits: dict[str, Path], teacher_runs:
     return [("stage1", first), ("run", second)]
 
 
-def evaluate_students(runs: dict[str, Path], preset: Preset, splits: dict[str, Path],
-                      teacher_runs: dict[str, Path]) -> dict[str, Any]:
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    test = test_set(preset, splits)
-    _, teacher_metrics = evaluate_teachers(teacher_runs, test, device)
-    results: dict[str, Any] = {}
-    models = {}
-    for key, run in runs.items():
-        model, tasks, _ = load_student_model(run)  # the deployed model: projectors dropped
-        models[key] = model
-        metrics = evaluate(student_predictor(model.to(device), tasks), tasks, test, device=device)
-        results[key] = {"test": metrics, **compare_with_teachers(metrics, teacher_metrics, tasks),
-                        "params": count_parameters(model)}
-    ms = measure_latency(models, (preset.height, preset.width), device=device)
+def evaluate_students(runs: dict[str, Path], setup: demo.DemoSetup) -> dict[str, Any]:
+    """Test metrics, Δm and parameters of the deployed students (projectors dropped), and their batch-1 latency
+    measured side by side."""
+    where = device()
+    teacher_metrics = setup.teacher_metrics(where)
+    results = {key: setup.score(run, teacher_metrics, where) for key, run in runs.items()}
+    ms = setup.latency(runs, where)
     for key in runs:
         results[key]["latency_ms"] = ms[key]
     return results
@@ -157,18 +133,17 @@ def markdown(summary: dict[str, Any], args: argparse.Namespace, seeds: list[int]
         return f"{s['mean']:.{digits}f} ± {s['std']:.{digits}f}"
 
     lines = [
-        f"# Feature teachers on the demo ({args.preset} preset, seeds {seeds}, polydistill {__version__})",
+        f"# Feature teachers on the demo ({args.preset} preset, seeds {seeds}, polydistill {polydistill.__version__})",
         "",
-        f"Command: `{' '.join(shlex.quote(a) for a in sys.argv)}`",
+        f"Command: `{command_line('benchmarks.feature_distill')}`",
         f"Projector `{args.projector}`, norm `{args.norm}`, SAK stage 1 = {args.stage1:.2f} of the budget.",
         "",
-        "| student | depth AbsRel ↓ | depth δ1 ↑ | semseg mIoU ↑ | Δm vs teachers (%) ↑ | params (deployed) "
-        "| batch-1 latency (ms) |",
-        "|---|---|---|---|---|---|---|",
+        *markdown_table(["student", "depth AbsRel ↓", "depth δ1 ↑", "semseg mIoU ↑", "Δm vs teachers (%) ↑",
+                         "params (deployed)", "batch-1 latency (ms)"],
+                        [[variant, pm(s["abs_rel"]), pm(s["delta1"]), pm(s["miou"]), pm(s["delta_m"], 2),
+                          f"{s['params'] / 1e6:.2f} M", pm(s["latency_ms"], 1)] for variant, s in summary.items()],
+                        align="lllllll"),
     ]
-    for variant, s in summary.items():
-        lines.append(f"| {variant} | {pm(s['abs_rel'])} | {pm(s['delta1'])} | {pm(s['miou'])} | "
-                     f"{pm(s['delta_m'], 2)} | {s['params'] / 1e6:.2f} M | {pm(s['latency_ms'], 1)} |")
     lines += ["", "Mean ± standard deviation over seeds (the student's training seed; data and teachers fixed).",
               "Latencies are measured side by side in one process (interleaved rounds), CPU eager."]
     return "\n".join(lines) + "\n"
@@ -176,7 +151,7 @@ def markdown(summary: dict[str, Any], args: argparse.Namespace, seeds: list[int]
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--preset", default="default", choices=sorted(PRESETS))
+    parser.add_argument("--preset", default="default", choices=sorted(demo.PRESETS))
     parser.add_argument("--seeds", default="0")
     parser.add_argument("--out", default="runs/bench_features")
     parser.add_argument("--projector", default="mlp", choices=["linear", "mlp", "transformer"])
@@ -188,36 +163,28 @@ def main(argv: list[str] | None = None) -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     variants = [v for v in args.only.split(",") if v]
     out = Path(args.out)
-    preset = PRESETS[args.preset]
     console = Console()
-    splits, split_fps = generate_data(preset, DATA_SEED, None)
-    teacher_runs = train_teachers(preset, splits, split_fps, DATA_SEED, False, console.log)
+    setup = demo.prepare(args.preset, DATA_SEED, log=console.log)
     per_seed = []
     for seed in seeds:
         runs = {}
         for variant in variants:
             folder = out / variant / f"seed{seed}"
-            for name, cfg in configs(variant, preset, splits, teacher_runs, seed=seed, out=folder,
-                                     projector=args.projector, norm=args.norm, stage1=args.stage1):
+            for name, cfg in configs(variant, setup, seed=seed, out=folder, projector=args.projector, norm=args.norm,
+                                     stage1=args.stage1):
                 if args.force or not (folder / name / "summary.json").exists():
                     console.log(f"{variant} seed {seed}: training {name}")
                     shutil.rmtree(folder / name, ignore_errors=True)
-                    train_run(load_config(base=cfg), folder / name)
+                    polydistill.train(cfg, folder / name)
             runs[variant] = folder / "run"
-        per_seed.append(evaluate_students(runs, preset, splits, teacher_runs))
+        per_seed.append(evaluate_students(runs, setup))
     summary = summarise(per_seed)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps({"args": vars(args), "seeds": seeds, "per_seed": per_seed,
-                                                  "summary": summary}, indent=2))
-    text = markdown(summary, args, seeds)
-    (out / "results.md").write_text(text)
-    table = Table(title="feature teachers on the demo")
-    for col in ("student", "AbsRel", "mIoU", "Δm %", "params", "ms"):
-        table.add_column(col)
-    for variant, s in summary.items():
-        table.add_row(variant, f"{s['abs_rel']['mean']:.4f}", f"{s['miou']['mean']:.4f}",
-                      f"{s['delta_m']['mean']:+.2f}", f"{s['params'] / 1e6:.2f} M", f"{s['latency_ms']['mean']:.1f}")
-    console.print(table)
+    write_results(out, {"args": vars(args), "seeds": seeds, "per_seed": per_seed, "summary": summary},
+                  markdown(summary, args, seeds))
+    print_table("feature teachers on the demo", ("student", "AbsRel", "mIoU", "Δm %", "params", "ms"),
+                [(variant, f"{s['abs_rel']['mean']:.4f}", f"{s['miou']['mean']:.4f}", f"{s['delta_m']['mean']:+.2f}",
+                  f"{s['params'] / 1e6:.2f} M", f"{s['latency_ms']['mean']:.1f}") for variant, s in summary.items()],
+                align="llllll")
 
 
 if __name__ == "__main__":

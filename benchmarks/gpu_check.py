@@ -12,16 +12,15 @@ What runs, in one invocation (each training in this process, one after another, 
    ``train.mixed_precision`` = ``--precision``, batch ``--batch``, ``--steps`` steps:
    *online* — the teachers run on every batch (``distill.precompute_teachers: false``) —, and *cached* —
    outputs read from the teacher-output cache, whose build is timed separately. images/s is the median of
-   ``steps.csv``'s ``samples_per_s`` after ``--warmup`` steps (the same measure as ``benchmarks/speed.py``).
+   ``steps.csv``'s ``samples_per_s`` after ``--warmup`` steps (the same measure as :mod:`benchmarks.speed`).
 
 It runs on the CPU too (the test does, at 32×32 with two steps, to keep it working), but its numbers only
-mean something on a CUDA machine: ``python benchmarks/gpu_check.py --out runs/gpu_check``.
+mean something on a CUDA machine: ``python -m benchmarks.gpu_check --out runs/gpu_check``.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import platform
@@ -33,20 +32,12 @@ from typing import Any
 
 import torch
 
-from polydistill.config import load_config
+import polydistill
 from polydistill.data.shapescenes import generate_split
-from polydistill.demo.story import PRESETS, STUDENT_TASK_OPTIONS, TASK_OPTIONS
-from polydistill.engine.logging import read_steps
-from polydistill.pipeline.train import cache_teachers, train_run
+from polydistill.demo import PRESETS, STUDENT_TASK_OPTIONS, TASK_OPTIONS
 
-HERE = Path(__file__).resolve().parent
-
-
-def _speed_module():
-    spec = importlib.util.spec_from_file_location("bench_speed", HERE / "speed.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from .common import read_steps, table_header, table_row, write_results
+from .speed import throughput
 
 
 def device_name() -> str:
@@ -81,7 +72,6 @@ def base_config(train: Path, size: int, tasks: dict, backbone: str, neck: int, s
 
 
 def throughput_at(size: int, args: argparse.Namespace, out: Path) -> dict[str, Any]:
-    speed = _speed_module()
     preset = PRESETS["default"]
     root = out / f"s{size}"
     data = generate_split(root / "data", args.images, seed=size, height=size, width=size,
@@ -90,7 +80,7 @@ def throughput_at(size: int, args: argparse.Namespace, out: Path) -> dict[str, A
     for name, task in (("depth_teacher", "depth"), ("seg_teacher", "semseg"), ("det_teacher", "detection")):
         cfg = base_config(data, size, {task: TASK_OPTIONS[task]}, preset.teacher_backbone, preset.teacher_neck,
                           args.teacher_steps, args.batch, args.precision)
-        train_run(load_config(base=cfg), root / name)
+        polydistill.train(cfg, root / name)
         teachers[name] = root / name
     result: dict[str, Any] = {"size": size, "images": args.images, "batch": args.batch}
     for mode in ("online", "cached"):
@@ -98,13 +88,13 @@ def throughput_at(size: int, args: argparse.Namespace, out: Path) -> dict[str, A
                           args.batch, args.precision)
         cfg["teachers"] = [{"name": n, "source": "checkpoint", "path": str(p)} for n, p in teachers.items()]
         cfg["distill"] = {"teacher_cache": str(root / "cache"), "precompute_teachers": mode == "cached"}
-        config = load_config(base=cfg)
+        config = polydistill.load_config(cfg)
         if mode == "cached":
             t0 = time.perf_counter()
-            cache_teachers(config)
+            polydistill.cache_teachers(config)
             result["cache_build_s_per_image"] = (time.perf_counter() - t0) / args.images
-        run = train_run(config, root / f"student_{mode}")
-        result[mode] = speed.throughput(read_steps(run.run_dir / "steps.csv"), args.warmup, args.batch)
+        run = polydistill.train(config, root / f"student_{mode}")
+        result[mode] = throughput(read_steps(run.run_dir / "steps.csv"), args.warmup, args.batch)
     result["cached_over_online"] = result["cached"]["images_per_s"] / result["online"]["images_per_s"]
     return result
 
@@ -118,12 +108,12 @@ def markdown(results: dict[str, Any]) -> str:
                   f"{st['depth']['abs_rel']:.3f}, mIoU {st['semseg']['miou']:.3f}, "
                   f"mAP@0.5 {st['detection']['map50']:.3f} (quick preset: toy sizes).", ""]
     lines += [f"Distillation, demo student from three ResNet-18 teachers, `{results['precision']}` autocast:", "",
-              "| size | batch | online img/s | cached img/s | cached / online | cache build ms/img |",
-              "|---|---:|---:|---:|---:|---:|"]
+              *table_header(["size", "batch", "online img/s", "cached img/s", "cached / online",
+                             "cache build ms/img"])]
     for r in results["throughput"]:
-        lines.append(f"| {r['size']}×{r['size']} | {r['batch']} | {r['online']['images_per_s']:.1f} | "
-                     f"{r['cached']['images_per_s']:.1f} | {r['cached_over_online']:.2f}× | "
-                     f"{1000 * r['cache_build_s_per_image']:.1f} |")
+        lines.append(table_row([f"{r['size']}×{r['size']}", r["batch"], f"{r['online']['images_per_s']:.1f}",
+                                f"{r['cached']['images_per_s']:.1f}", f"{r['cached_over_online']:.2f}×",
+                                f"{1000 * r['cache_build_s_per_image']:.1f}"]))
     return "\n".join(lines) + "\n"
 
 
@@ -145,9 +135,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if not args.skip_demo:
         results["demo"] = run_demo_bf16(out, args.precision)
     results["throughput"] = [throughput_at(int(s), args, out) for s in args.sizes.split(",")]
-    (out / "gpu_check.json").write_text(json.dumps(results, indent=2))
     table = markdown(results)
-    (out / "gpu_check.md").write_text(table)
+    write_results(out, results, table, name="gpu_check")
     print(table)
     return results
 

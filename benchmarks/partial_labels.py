@@ -29,8 +29,7 @@ learning rate), and is scored on the test split:
 Δm (%, primary metrics map50 and miou, positive = better) is against the single-task students of the same
 seed. Mean ± standard deviation over ``--seeds`` (training seeds; the data is fixed).
 
-    PYTHONPATH=src python benchmarks/partial_labels.py [--seeds 0,1] [--steps 500] [--train 600]
-                                                       [--out runs/bench_partial]
+    python -m benchmarks.partial_labels [--seeds 0,1] [--steps 500] [--train 600] [--out runs/bench_partial]
 
 Writes OUT/<variant>/seed<k>/ (the runs), OUT/results.json and OUT/results.md.
 """
@@ -40,27 +39,21 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
 import shutil
 import statistics
-import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from rich.console import Console
-from rich.table import Table
 
-from polydistill import __version__
-from polydistill.checkpoint import load_student_model
-from polydistill.config import load_config
-from polydistill.data import FolderDataset
+import polydistill
 from polydistill.data.shapescenes import generate_split
-from polydistill.demo.story import OBJECT_CLASSES
+from polydistill.demo import OBJECT_CLASSES
 from polydistill.evaluation.delta_m import delta_m
-from polydistill.evaluation.evaluate import evaluate, student_predictor
-from polydistill.pipeline.train import train_run
+
+from .common import command_line, markdown_table, print_table, write_results
 
 DATA_SEED = 0
 VARIANTS = ("single_det", "single_seg", "teacher_det", "teacher_seg", "partial", "pseudo", "features", "features_pdf",
@@ -151,9 +144,9 @@ def variant_config(variant: str, args, splits: dict[str, Path], seed: int, teach
     return cfg
 
 
-def test_metrics(run: Path, test: FolderDataset) -> dict[str, dict[str, float]]:
-    model, tasks, _ = load_student_model(run)
-    return evaluate(student_predictor(model, tasks), tasks, test, batch_size=32)
+def test_metrics(run: Path, test: Path, size: tuple[int, int]) -> dict[str, dict[str, float]]:
+    """A student's metrics on the test split at the training size."""
+    return polydistill.evaluate(run, test, size=size)["metrics"]
 
 
 def summarise(per_seed: list[dict[str, Any]]) -> dict[str, Any]:
@@ -189,10 +182,9 @@ def markdown(summary: dict[str, Any], meta: dict[str, Any]) -> str:
              f"{meta['steps']} steps, batch {meta['batch']} per task; teachers: {meta['teacher_backbone']} "
              f"(neck {meta['teacher_neck']}); seeds {meta['seeds']}; mean ± std. "
              "Δm: primary metrics (map50, miou) vs the single-task students of the same seed.", "",
-             "| student | mAP@0.5 | mAP | mIoU | Δm % |", "|---|---:|---:|---:|---:|"]
-    for variant, s in summary.items():
-        lines.append(f"| {variant} | {pm(s.get('map50'))} | {pm(s.get('map'))} | {pm(s.get('miou'))} | "
-                     f"{pm(s.get('delta_m'), 2)} |")
+             *markdown_table(["student", "mAP@0.5", "mAP", "mIoU", "Δm %"],
+                             [[variant, pm(s.get("map50")), pm(s.get("map")), pm(s.get("miou")),
+                               pm(s.get("delta_m"), 2)] for variant, s in summary.items()])]
     return "\n".join(lines) + "\n"
 
 
@@ -224,7 +216,6 @@ def main(argv: list[str] | None = None) -> None:
     chosen = [v for v in VARIANTS if v in wanted]
     log = Console(stderr=True).print
     splits = make_data(out, args.train, args.val, args.test, args.height, args.width)
-    test = FolderDataset(splits["test"], ("semseg", "detection"), image_size=(args.height, args.width))
     per_seed = []
     for seed in seeds:
         runs: dict[str, Path] = {}
@@ -236,8 +227,8 @@ def main(argv: list[str] | None = None) -> None:
                 log(f"[bold]{variant}[/] seed {seed}")
                 shutil.rmtree(run, ignore_errors=True)
                 cfg = variant_config(variant, args, splits, seed, runs, out / "teacher_cache" / f"seed{seed}")
-                train_run(load_config(base=cfg), run)
-            results[variant] = test_metrics(run, test)
+                polydistill.train(cfg, run)
+            results[variant] = test_metrics(run, splits["test"], (args.height, args.width))
             log(f"  {variant}: {json.dumps({t: {k: round(v, 4) for k, v in m.items() if '/' not in k} for t, m in results[variant].items()})}")  # noqa: E501
         if "single_det" in results and "single_seg" in results:
             baseline = {"detection": {"map50": results["single_det"]["detection"]["map50"]},
@@ -248,21 +239,16 @@ def main(argv: list[str] | None = None) -> None:
                     metrics["delta_m"] = delta_m(core, baseline, DIRECTIONS, convention="primary", primary=PRIMARY)
         per_seed.append(results)
     summary = summarise(per_seed)
-    meta = {"command": "PYTHONPATH=src python " + shlex.join([sys.argv[0], *(argv or sys.argv[1:])]),
+    meta = {"command": command_line("benchmarks.partial_labels", argv),
             "seeds": seeds, "steps": args.steps, "batch": args.batch, "train": args.train, "val": args.val,
-            "test": args.test, "height": args.height, "width": args.width, "polydistill": __version__,
+            "test": args.test, "height": args.height, "width": args.width, "polydistill": polydistill.__version__,
             "teacher_backbone": args.teacher_backbone, "teacher_neck": args.teacher_neck,
             "torch": torch.__version__}
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps({"meta": meta, "per_seed": per_seed, "summary": summary}, indent=2))
-    (out / "results.md").write_text(markdown(summary, meta))
-    table = Table(title="partial labels: test split, mean ± std over seeds")
-    for header in ("student", "mAP@0.5", "mAP", "mIoU", "Δm %"):
-        table.add_column(header)
-    for variant, s in summary.items():
-        table.add_row(variant, *(f"{s[k]['mean']:.4f} ± {s[k]['std']:.4f}" if k in s else "—"
-                                 for k in ("map50", "map", "miou", "delta_m")))
-    Console().print(table)
+    write_results(out, {"meta": meta, "per_seed": per_seed, "summary": summary}, markdown(summary, meta))
+    print_table("partial labels: test split, mean ± std over seeds", ("student", "mAP@0.5", "mAP", "mIoU", "Δm %"),
+                [(variant, *(f"{s[k]['mean']:.4f} ± {s[k]['std']:.4f}" if k in s else "—"
+                             for k in ("map50", "map", "miou", "delta_m"))) for variant, s in summary.items()],
+                align="lllll")
 
 
 if __name__ == "__main__":

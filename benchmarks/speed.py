@@ -1,8 +1,8 @@
 """What the teacher-output cache buys: step time, build cost, size and memory on the demo setting.
 
-What is measured, in one invocation, on the demo's data and teachers (``polydistill.demo.story``: data seed 0,
+What is measured, in one invocation, on the demo's data and teachers (``polydistill.demo.prepare``: data seed 0,
 the three cached teachers ``depth_teacher``, ``seg_teacher``, ``depth_teacher_dusk``) and the demo
-student's config (``student_config``: backbone, tasks, batch, augmentation, lr, weighting), with a fixed
+student's config (``DemoSetup.student_config``: backbone, tasks, batch, augmentation, lr, weighting), with a fixed
 number of steps (``--steps``), validation moved past the last step (``train.val_every`` larger than the run,
 so the only validation runs after the last timed step) and progress bars off:
 
@@ -38,7 +38,7 @@ so the only validation runs after the last timed step) and progress bars off:
   with ``num_workers`` 0, 1 and 2, to see whether loading bounds (c) (training uses ``num_workers: 0``).
 
 Peak memory: every training, build, read and loader measurement runs in a fresh Python subprocess (this
-script with ``--child``), which reports its own ``resource.getrusage(RUSAGE_SELF).ru_maxrss`` (the peak
+module with ``--child``), which reports its own ``resource.getrusage(RUSAGE_SELF).ru_maxrss`` (the peak
 resident set of that process, teachers and model included) as JSON on its last line, plus its RSS right
 after importing torch and polydistill (``import_rss_mb``) — nothing of earlier measurements can count.
 DataLoader workers are separate processes and are not included. Every subprocess sets the same number of
@@ -49,9 +49,9 @@ load average at the start and end is recorded), not absolute numbers across mach
 
 Run from the repository root:
 
-    PYTHONPATH=src python benchmarks/speed.py [--preset default] [--steps 60] [--warmup 5] [--threads 2]
-                                              [--scale 10] [--only steps,cache,scaling,memory,loader]
-                                              [--out runs/bench_speed] [--keep-scaled]
+    python -m benchmarks.speed [--preset default] [--steps 60] [--warmup 5] [--threads 2]
+                               [--scale 10] [--only steps,cache,scaling,memory,loader]
+                               [--out runs/bench_speed] [--keep-scaled]
 
 Writes OUT/runs/<variant>/ (training runs), OUT/teacher_cache/<encoding>/ (caches), OUT/results.json and
 OUT/results.md. The data and the teachers come from the demo's cache (built on first use).
@@ -65,7 +65,6 @@ import math
 import os
 import platform
 import resource
-import shlex
 import shutil
 import statistics
 import subprocess
@@ -76,16 +75,14 @@ from typing import Any
 
 import torch
 from rich.console import Console
-from rich.table import Table
 from torch.utils.data import DataLoader, RandomSampler
 
-from polydistill import __version__
+import polydistill
+from polydistill import demo
 from polydistill.cache import TeacherCache
-from polydistill.config import load_config
-from polydistill.data.collate import collate
-from polydistill.demo.story import PRESETS, cache_root, generate_data, student_config, train_teachers
-from polydistill.engine.logging import read_steps
-from polydistill.pipeline.train import build_datasets, cache_teachers, train_run
+from polydistill.data import build_train_transform, collate, open_dataset
+
+from .common import command_line, print_table, read_steps, table_header, table_row, write_results
 
 DATA_SEED = 0
 SECTIONS = ("steps", "cache", "scaling", "memory", "loader")
@@ -104,11 +101,11 @@ def teacher_subset(teacher_runs: dict[str, Path], k: int) -> dict[str, Path]:
     return dict(list(teacher_runs.items())[:k])
 
 
-def variant_config(preset, splits: dict[str, Path], teacher_runs: dict[str, Path], *, steps: int, threads: int,
+def variant_config(setup: demo.DemoSetup, teacher_runs: dict[str, Path], *, steps: int, threads: int,
                    cache_dir: str | Path, precompute: bool = True, encoding: str = "fp16",
                    train_folder: str | Path | None = None) -> dict[str, Any]:
     """The demo student's config for ``steps`` timed steps; no teachers = supervised only (labelled images)."""
-    cfg = student_config(preset, splits, teacher_runs, seed=DATA_SEED, progress=False)
+    cfg = setup.student_config(teacher_runs, seed=DATA_SEED, progress=False)
     cfg["train"].update(max_steps=steps, val_every=NO_VALIDATION, log_every=1, threads=threads, report=False)
     if train_folder is not None:
         cfg["data"]["train"] = str(train_folder)
@@ -302,46 +299,45 @@ def markdown(results: dict[str, Any]) -> str:
                   "images/s is the median over rounds of its per-round median, and each ratio is the median over "
                   "rounds of the ratio measured within the round (the three runs of a round share the machine's "
                   "state of the moment).", "",
-                  "| variant | images/s | per round | step ms | peak RSS MiB | run wall s |",
-                  "|---|---:|---|---:|---:|---:|"]
+                  *table_header(["variant", "images/s", "per round", "step ms", "peak RSS MiB", "run wall s"],
+                                "lrlrrr")]
         for name, r in results["steps"].items():
             per_round = ", ".join(fmt(x) for x in r.get("rounds_images_per_s", []))
-            lines.append(f"| {VARIANT_LABELS.get(name, name)} | {fmt(r['images_per_s'])} | {per_round} | "
-                         f"{fmt(r['step_ms'])} | {fmt(r['peak_rss_mb'], 0)} | {fmt(r['wall_s'])} |")
+            lines.append(table_row([VARIANT_LABELS.get(name, name), fmt(r["images_per_s"]), per_round,
+                                    fmt(r["step_ms"]), fmt(r["peak_rss_mb"], 0), fmt(r["wall_s"])]))
         rt = results.get("ratios", {})
         keys = [("online_over_supervised", "(b) online / (a) supervised"),
                 ("cached_over_supervised", "(c) cached / (a) supervised"),
                 ("online_over_cached", "(b) online / (c) cached (speed-up of the cache)")]
-        lines += ["", "| step-time ratio | median | per round |", "|---|---:|---|"]
+        lines += ["", *table_header(["step-time ratio", "median", "per round"], "lrl")]
         for key, label in keys:
             per_round = ", ".join(fmt(rd["ratios"].get(key), 2) for rd in rounds)
-            lines.append(f"| {label} | {fmt(rt.get(key), 2)} | {per_round} |")
+            lines.append(table_row([label, fmt(rt.get(key), 2), per_round]))
     if results.get("cache"):
         lines += ["", "## Cache build and size (three teachers, the pool)", "",
-                  "| encoding | images | build ms / image | teacher forward ms / image | bytes / image "
-                  "(teacher/task) | all outputs / image | build peak RSS MiB |",
-                  "|---|---:|---:|---|---|---:|---:|"]
+                  *table_header(["encoding", "images", "build ms / image", "teacher forward ms / image",
+                                 "bytes / image (teacher/task)", "all outputs / image", "build peak RSS MiB"],
+                                "lrrllrr")]
         for enc, c in results["cache"].items():
             per_teacher = ", ".join(f"{t}: {fmt(1000 * s, 2)}" for t, s in c["teacher_s_per_image"].items())
             sizes = ", ".join(f"{k} ({c['encodings'].get(k, '?')}): {fmt_bytes(v)}"
                               for k, v in c["bytes_per_image"].items())
-            lines.append(f"| {enc} | {c['images']} | {fmt(1000 * c['build_s_per_image'], 2)} | {per_teacher} | "
-                         f"{sizes} | {fmt_bytes(c['total_bytes_per_image'])} | {fmt(c['peak_rss_mb'], 0)} |")
+            lines.append(table_row([enc, c["images"], fmt(1000 * c["build_s_per_image"], 2), per_teacher, sizes,
+                                    fmt_bytes(c["total_bytes_per_image"]), fmt(c["peak_rss_mb"], 0)]))
     if results.get("scaling"):
         lines += ["", "## Scaling with the number of teachers", "",
-                  "| teachers | online images/s | cached images/s | step time online / cached |",
-                  "|---|---:|---:|---:|"]
+                  *table_header(["teachers", "online images/s", "cached images/s", "step time online / cached"])]
         for k, s in results["scaling"].items():
-            lines.append(f"| {k} ({', '.join(s['teachers'])}) | {fmt(s['online_images_per_s'])} | "
-                         f"{fmt(s['cached_images_per_s'])} | {fmt(s['online_over_cached'], 2)} |")
+            lines.append(table_row([f"{k} ({', '.join(s['teachers'])})", fmt(s["online_images_per_s"]),
+                                    fmt(s["cached_images_per_s"]), fmt(s["online_over_cached"], 2)]))
     if results.get("memory"):
         lines += ["", "## Reading memory (iterate every sample of the training set with the cache attached)", "",
-                  "| data | images | cache size | RSS before reading MiB | peak RSS MiB | peak anonymous RSS MiB | "
-                  "file-backed RSS at end MiB | images/s |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+                  *table_header(["data", "images", "cache size", "RSS before reading MiB", "peak RSS MiB",
+                                 "peak anonymous RSS MiB", "file-backed RSS at end MiB", "images/s"])]
         for scale, m in results["memory"].items():
-            lines.append(f"| {scale}× | {m['images']} | {fmt_bytes(m.get('cache_bytes'))} | "
-                         f"{fmt(m['rss_before_mb'], 0)} | {fmt(m['peak_rss_mb'], 0)} | {fmt(m['peak_anon_mb'], 0)} | "
-                         f"{fmt(m['rss_file_end_mb'], 0)} | {fmt(m['images_per_s'])} |")
+            lines.append(table_row([f"{scale}×", m["images"], fmt_bytes(m.get("cache_bytes")),
+                                    fmt(m["rss_before_mb"], 0), fmt(m["peak_rss_mb"], 0), fmt(m["peak_anon_mb"], 0),
+                                    fmt(m["rss_file_end_mb"], 0), fmt(m["images_per_s"])]))
         builds = {s: m["build"] for s, m in results["memory"].items() if m.get("build")}
         if builds:
             lines += ["", "Builds of the scaled caches: " + "; ".join(
@@ -350,10 +346,9 @@ def markdown(results: dict[str, Any]) -> str:
     if results.get("loader"):
         workers = sorted({w for by in results["loader"].values() for w in by}, key=int)
         lines += ["", "## Data loading alone (DataLoader over the training set, no model)", "",
-                  "| dataset | " + " | ".join(f"num_workers {w} images/s" for w in workers) + " |",
-                  "|---|" + "---:|" * len(workers)]
+                  *table_header(["dataset", *(f"num_workers {w} images/s" for w in workers)])]
         for source, by in results["loader"].items():
-            lines.append(f"| {source} | " + " | ".join(fmt(by.get(w, {}).get("images_per_s")) for w in workers) + " |")
+            lines.append(table_row([source, *(fmt(by.get(w, {}).get("images_per_s")) for w in workers)]))
         cached = results.get("steps", {}).get("cached", {}).get("images_per_s")
         if cached:
             lines += ["", f"(c) cached training step: {fmt(cached)} images/s (num_workers 0)."]
@@ -388,19 +383,19 @@ def _child(job: dict[str, Any]) -> dict[str, Any]:
     result: dict[str, Any] = {"import_rss_mb": _status_mb().get("VmRSS", float("nan"))}
     t0 = time.perf_counter()
     kind = job["kind"]
-    cfg = load_config(base=job["cfg"]) if "cfg" in job else None
+    cfg = polydistill.load_config(job["cfg"]) if "cfg" in job else None
     if kind == "train":
-        run = train_run(cfg, job["run_dir"])
+        run = polydistill.train(cfg, job["run_dir"], report=False)
         result["skipped_steps"] = run.fit.skipped_steps
     elif kind == "build":
-        cache = cache_teachers(cfg, force=True, rebuild=True)["train"]
+        cache = polydistill.cache_teachers(cfg, force=True, rebuild=True)["train"]
         result.update(root=str(cache.root), images=len(cache),
                       build_json=json.loads((cache.root / "build.json").read_text()),
                       size_bytes={f"{t}/{k}": cache.size_bytes(teacher=t, task=k) for t, k in cache.outputs},
                       encodings={f"{t}/{k}": o.encoding.kind + (f"{o.encoding.k}" if o.encoding.k else "")
                                  for (t, k), o in cache.outputs.items()})
     elif kind in ("read", "loader"):
-        train_set, _, _ = build_datasets(cfg)
+        train_set = training_set(cfg)
         if job.get("cache"):
             cache = TeacherCache.open(job["cache"], verify=False)
             train_set.attach_teacher_outputs(cache)
@@ -440,12 +435,22 @@ def _child(job: dict[str, Any]) -> dict[str, Any]:
     return result
 
 
+def training_set(cfg: polydistill.RunConfig):
+    """The training folder as training samples it (augmentation and all; the demo student's tasks all have
+    labels), without a model: what the read and loader sections iterate over."""
+    return open_dataset(cfg.data, "train", tuple(cfg.tasks), transform=build_train_transform(cfg.data.augment),
+                        seed=cfg.train.seed, image_size=(cfg.data.height, cfg.data.width))
+
+
 def run_child(job: dict[str, Any], log) -> dict[str, Any]:
-    """Run ``job`` in a fresh interpreter; return the JSON it reports."""
-    src = str(Path(sys.modules["polydistill"].__file__).resolve().parents[1])
+    """Run ``job`` in a fresh interpreter (``python -m benchmarks.speed --child JOB``); return the JSON it
+    reports."""
+    src = str(Path(polydistill.__file__).resolve().parents[1])
+    repo = str(Path(__file__).resolve().parents[1])  # where the benchmarks package lives
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([src, *(p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p)])
-    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(job)],
+    env["PYTHONPATH"] = os.pathsep.join([src, repo,
+                                         *(p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p)])
+    proc = subprocess.run([sys.executable, "-m", "benchmarks.speed", "--child", json.dumps(job)],
                           env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         log(proc.stdout[-2000:] + proc.stderr[-4000:])
@@ -485,14 +490,14 @@ def replicate_folder(source: Path, dest: Path, copies: int) -> int:
 
 
 class Bench:
-    def __init__(self, args, preset, splits, teacher_runs, out: Path, log):
-        self.args, self.preset, self.splits, self.teacher_runs = args, preset, splits, teacher_runs
+    def __init__(self, args, setup: demo.DemoSetup, teacher_runs: dict[str, Path], out: Path, log):
+        self.args, self.setup, self.teacher_runs = args, setup, teacher_runs
         self.out, self.log = out, log
         self.builds: dict[tuple[str, int, str], dict[str, Any]] = {}
         self.trained: dict[str, dict[str, Any]] = {}
 
     def config(self, k: int, *, precompute: bool = True, encoding: str = "fp16", train_folder=None) -> dict:
-        return variant_config(self.preset, self.splits, teacher_subset(self.teacher_runs, k), steps=self.args.steps,
+        return variant_config(self.setup, teacher_subset(self.teacher_runs, k), steps=self.args.steps,
                               threads=self.args.threads, cache_dir=self.out / "teacher_cache" / encoding,
                               precompute=precompute, encoding=encoding, train_folder=train_folder)
 
@@ -547,7 +552,7 @@ def main(argv: list[str] | None = None) -> None:
         return
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", default="default", choices=sorted(PRESETS))
+    parser.add_argument("--preset", default="default", choices=sorted(demo.PRESETS))
     parser.add_argument("--steps", type=int, default=60, help="training steps per variant (and loader batches)")
     parser.add_argument("--teachers", type=int, default=3,
                         help="the first N of the demo's teachers (default 3: the depth, segmentation and narrow depth "
@@ -571,28 +576,27 @@ def main(argv: list[str] | None = None) -> None:
     console = Console(stderr=True)
     log = console.print
     torch.set_num_threads(args.threads)
-    preset = PRESETS[args.preset]
+    preset = demo.PRESETS[args.preset]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     meta: dict[str, Any] = {
-        "command": "PYTHONPATH=" + os.environ.get("PYTHONPATH", "") + " "
-                   + shlex.join(["python", sys.argv[0], *argv]),
+        "command": command_line("benchmarks.speed", argv),
         "preset": args.preset, "sections": sections, "steps": args.steps, "warmup": args.warmup,
         "threads": args.threads, "scale": args.scale, "rounds": args.rounds,
         "image_size": [preset.height, preset.width],
         "pool_images": preset.pool_images, "batch": preset.student_batch, "data_seed": DATA_SEED,
-        "cpus": os.cpu_count(), "load_average_start": os.getloadavg()[0], "cache": str(cache_root()),
+        "cpus": os.cpu_count(), "load_average_start": os.getloadavg()[0], "cache": str(demo.cache_root()),
         "runtime": f"PyTorch {torch.__version__}, CPU, {args.threads} torch threads per subprocess"
                    + (" (a GPU is present: caches and training use it)" if torch.cuda.is_available() else ""),
-        "python": platform.python_version(), "platform": platform.platform(), "polydistill": __version__,
+        "python": platform.python_version(), "platform": platform.platform(), "polydistill": polydistill.__version__,
     }
     results: dict[str, Any] = {"meta": meta, "notes": []}
     started = time.perf_counter()
 
-    log(f"[bold]data and teachers[/] (preset {args.preset}, seed {DATA_SEED}, cache {cache_root()})")
-    splits, split_fps = generate_data(preset, DATA_SEED, None)
-    teacher_runs = teacher_subset(train_teachers(preset, splits, split_fps, DATA_SEED, False, log), args.teachers)
-    bench = Bench(args, preset, splits, teacher_runs, out, log)
+    log(f"[bold]data and teachers[/] (preset {args.preset}, seed {DATA_SEED}, cache {demo.cache_root()})")
+    setup = demo.prepare(args.preset, DATA_SEED, log=log)
+    teacher_runs = teacher_subset(setup.teacher_runs, args.teachers)
+    bench = Bench(args, setup, teacher_runs, out, log)
     k_all = len(teacher_runs)
 
     if "cache" in sections:
@@ -621,7 +625,7 @@ def main(argv: list[str] | None = None) -> None:
     if "memory" in sections:
         log("[bold]reading memory[/]")
         memory: dict[str, Any] = {}
-        pool = Path(splits["pool"])
+        pool = Path(setup.splits["pool"])
         base = bench.build(k_all)
         memory["1"] = bench.read(pool, base["root"])
         memory["1"]["cache_bytes"] = sum(base["size_bytes"].values())
@@ -669,17 +673,10 @@ def main(argv: list[str] | None = None) -> None:
             "multi-threaded step that has to share its cores waits for the descheduled thread, and steps can be "
             "many times slower than on an idle machine. Rerun on an idle machine (or with --threads 1).")
     meta["wall_s"] = time.perf_counter() - started
-    (out / "results.json").write_text(json.dumps(results, indent=2, default=str))
-    (out / "results.md").write_text(markdown(results))
-
-    table = Table(title=f"teacher-output cache, preset {args.preset}, {args.steps} steps, {args.threads} threads")
-    for i, header in enumerate(("section", "quantity", "value")):
-        table.add_column(header, justify="right" if i == 2 else "left")
-    for row in summary_rows(results):
-        table.add_row(*row)
-    stdout = Console(width=max(120, Console().width))
-    stdout.print(table)
-    stdout.print(f"wrote {out / 'results.json'} and {out / 'results.md'} ({meta['wall_s']:.0f} s)")
+    json_file, md_file = write_results(out, results, markdown(results))
+    print_table(f"teacher-output cache, preset {args.preset}, {args.steps} steps, {args.threads} threads",
+                ("section", "quantity", "value"), summary_rows(results), align="llr")
+    print(f"wrote {json_file} and {md_file} ({meta['wall_s']:.0f} s)")
 
 
 if __name__ == "__main__":

@@ -9,17 +9,17 @@ variant changes exactly one thing relative to the reference ``static`` teachers 
 * ``trajectory``: static × equal plus the knowledge trajectory (``memory: ema``).
 
 Everything else (data, teachers, student, budget, learning rate, schedule) is the demo's
-``student_config``. Data and teachers are built once with data seed 0 (and cached by the demo
-machinery); the benchmark seed changes only the student's training seed (``train.seed``: init, sample
-order, augmentation, strategies' random draws). DWA's averaging period is ``student_steps // 12``
-steps (50 for the default preset's 600 steps, 3 for ``quick``) instead of its default of one epoch,
-because the demo's runs last only three epochs.
+student config (``polydistill.demo.prepare(...).student_config``). Data and teachers are built once with
+data seed 0 (and cached by the demo machinery); the benchmark seed changes only the student's training
+seed (``train.seed``: init, sample order, augmentation, strategies' random draws). DWA's averaging
+period is ``student_steps // 12`` steps (50 for the default preset's 600 steps, 3 for ``quick``)
+instead of its default of one epoch, because the demo's runs last only three epochs.
 
 For every run: test metrics of the student on the held-out test split (``--checkpoint best``, the
 default, is the checkpoint chosen on validation as the demo does; ``last`` is the final weights; both
 are evaluated and saved, the option picks the one in the main table); Δm (%, primary metrics: depth
 AbsRel and semseg mIoU, averaged over tasks; positive = better) against the reference teacher of each
-task (``compare_with_teachers``); and the median step time over the steps after the first 20 (from
+task (``DemoSetup.score``); and the median step time over the steps after the first 20 (from
 ``steps.csv``'s ``samples_per_s``; step time = images per step / samples per second), reported as
 overhead relative to ``static`` with the same seed.
 Step times are wall-clock: compare them only between runs made on an otherwise idle machine.
@@ -27,9 +27,9 @@ Step times are wall-clock: compare them only between runs made on an otherwise i
 Run from the repository root (runs already finished, i.e. with ``summary.json``, are reused unless
 ``--force``; results.json/results.md cover the variants of this invocation):
 
-    PYTHONPATH=src python benchmarks/weighting.py [--preset default] [--seeds 0,1] [--only static,gradnorm]
-                                                  [--out runs/bench_weighting] [--threads 2] [--force]
-                                                  [--checkpoint best|last]
+    python -m benchmarks.weighting [--preset default] [--seeds 0,1] [--only static,gradnorm]
+                                   [--out runs/bench_weighting] [--threads 2] [--force]
+                                   [--checkpoint best|last]
 
 Writes OUT/<variant>/seed<k>/ (the training runs), OUT/results.json and OUT/results.md.
 
@@ -45,36 +45,29 @@ import argparse
 import json
 import math
 import os
-import shlex
 import shutil
 import statistics
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 from rich.console import Console
-from rich.table import Table
 
-from polydistill import __version__
-from polydistill.checkpoint import load_student_model
-from polydistill.config import load_config
-from polydistill.demo.story import (
-    PRESETS,
-    REFERENCE_TEACHERS,
-    Preset,
-    cache_root,
-    compare_with_teachers,
-    evaluate_teachers,
-    generate_data,
-    student_config,
-    test_set,
-    train_teachers,
+import polydistill
+from polydistill import demo
+from polydistill.demo import REFERENCE_TEACHERS, Preset
+
+from .common import (
+    command_line,
+    device,
+    mean_std,
+    print_table,
+    read_steps,
+    table_header,
+    table_row,
+    write_results,
 )
-from polydistill.engine.logging import read_steps
-from polydistill.evaluation.evaluate import evaluate, student_predictor
-from polydistill.pipeline.train import train_run
 
 DATA_SEED = 0  # data and teachers: fixed; the benchmark seeds vary the student only
 WARMUP_STEPS = 20  # steps left out of the step-time median (data loader start-up, allocator warm-up)
@@ -101,9 +94,10 @@ def variants(preset: Preset) -> dict[str, dict[str, Any]]:
     }
 
 
-def run_config(preset: Preset, splits: dict[str, Path], teacher_runs: dict[str, Path], distill: dict[str, Any],
-               seed: int, threads: int | None, progress: bool) -> dict[str, Any]:
-    cfg = student_config(preset, splits, teacher_runs, seed=seed, progress=progress, distill=distill)
+def run_config(setup: demo.DemoSetup, distill: dict[str, Any], seed: int, threads: int | None,
+               progress: bool) -> dict[str, Any]:
+    """The demo student, distilled from all the demo's teachers with the ``distill`` section of a variant."""
+    cfg = setup.student_config(seed=seed, progress=progress, distill=distill)
     cfg["train"]["seed"] = seed
     if threads:
         cfg["train"]["threads"] = threads
@@ -120,13 +114,6 @@ def step_times(run_dir: Path, images_per_step: int) -> list[float]:
 def median_step_time(run_dir: Path, images_per_step: int) -> float:
     times = step_times(run_dir, images_per_step)
     return statistics.median(times) if times else float("nan")
-
-
-def mean_std(values: list[float]) -> tuple[float, float]:
-    values = [v for v in values if not math.isnan(v)]
-    if not values:
-        return float("nan"), float("nan")
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else float("nan"))
 
 
 def fmt(value: float, digits: int = 4) -> str:
@@ -222,20 +209,18 @@ def markdown(summary: dict[str, dict[str, Any]], runs: list[dict[str, Any]], tea
         f"(wall clock; load average at start {meta['load_average']:.2f} on {meta['cpus']} CPUs, "
         f"{meta['runtime']}). DWA period: {meta['dwa_period']} steps.",
         "",
-        "| " + " | ".join(HEADERS) + " |",
-        "|" + "|".join(["---"] + ["---:"] * (len(HEADERS) - 1)) + "|",
+        *table_header(HEADERS),
     ]
-    lines += ["| " + " | ".join(row) + " |" for row in table_rows(summary)]
+    lines += [table_row(row) for row in table_rows(summary)]
     lines += ["", verdict(summary, runs), "", "Teachers on the same test split:", "",
-              "| teacher | depth AbsRel | depth δ1 | semseg mIoU |", "|---|---:|---:|---:|"]
+              *table_header(["teacher", "depth AbsRel", "depth δ1", "semseg mIoU"])]
     for name, m in teacher_metrics.items():
         depth, seg = m.get("depth", {}), m.get("semseg", {})
         lines.append(f"| {name} | {fmt(depth.get('abs_rel', math.nan))} | {fmt(depth.get('delta1', math.nan))} | "
                      f"{fmt(seg.get('miou', math.nan))} |")
     lines += ["", "Per run:", "",
-              "| variant | seed | Δm (%) | AbsRel | δ1 | mIoU | best step | Δm best (%) | Δm last (%) | step ms "
-              "| step time vs static (%) |",
-              "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+              *table_header(["variant", "seed", "Δm (%)", "AbsRel", "δ1", "mIoU", "best step", "Δm best (%)",
+                             "Δm last (%)", "step ms", "step time vs static (%)"])]
     for r in runs:
         lines.append(f"| {r['variant']} | {r['seed']} | {r['delta_m']:+.2f} | {fmt(r['test']['depth']['abs_rel'])} | "
                      f"{fmt(r['test']['depth']['delta1'])} | {fmt(r['test']['semseg']['miou'])} | "
@@ -247,7 +232,7 @@ def markdown(summary: dict[str, dict[str, Any]], runs: list[dict[str, Any]], tea
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", default="default", choices=sorted(PRESETS))
+    parser.add_argument("--preset", default="default", choices=sorted(demo.PRESETS))
     parser.add_argument("--seeds", default="0,1", help="comma-separated student seeds")
     parser.add_argument("--only", default=None, help="comma-separated variants (default: all)")
     parser.add_argument("--out", default="runs/bench_weighting")
@@ -258,7 +243,7 @@ def main(argv: list[str] | None = None) -> None:
                         help="checkpoint in the main table: best on validation (the demo's choice) or last")
     args = parser.parse_args(argv)
 
-    preset = PRESETS[args.preset]
+    preset = demo.PRESETS[args.preset]
     seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     all_variants = variants(preset)
     names = list(all_variants) if not args.only else [n.strip() for n in args.only.split(",") if n.strip()]
@@ -269,30 +254,28 @@ def main(argv: list[str] | None = None) -> None:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    where = device()
     meta = {
-        "command": "PYTHONPATH=" + os.environ.get("PYTHONPATH", "") + " " + shlex.join(["python", *sys.argv]),
+        "command": command_line("benchmarks.weighting", argv),
         "preset": args.preset, "seeds": seeds, "variants": names, "data_seed": DATA_SEED,
         "student_steps": preset.student_steps, "batch": preset.student_batch, "test_images": preset.test_images,
         "dwa_period": all_variants["dwa"]["task_weighting"]["period"], "warmup_steps_excluded": WARMUP_STEPS,
-        "load_average": os.getloadavg()[0], "cpus": os.cpu_count(), "cache": str(cache_root()),
+        "load_average": os.getloadavg()[0], "cpus": os.cpu_count(), "cache": str(demo.cache_root()),
         "checkpoint": args.checkpoint,
-        "runtime": f"PyTorch {torch.__version__}, {device}, {torch.get_num_threads()} threads",
-        "polydistill": __version__,
+        "runtime": f"PyTorch {torch.__version__}, {where}, {torch.get_num_threads()} threads",
+        "polydistill": polydistill.__version__,
     }
 
-    console.print(f"[bold]data and teachers[/] (preset {args.preset}, seed {DATA_SEED}, cache {cache_root()})")
-    splits, split_fps = generate_data(preset, DATA_SEED, None)
-    teacher_runs = train_teachers(preset, splits, split_fps, DATA_SEED, args.progress, console.print)
-    test = test_set(preset, splits)
-    _, teacher_metrics = evaluate_teachers(teacher_runs, test, device)
+    console.print(f"[bold]data and teachers[/] (preset {args.preset}, seed {DATA_SEED}, cache {demo.cache_root()})")
+    setup = demo.prepare(args.preset, DATA_SEED, progress=args.progress, log=console.print)
+    teacher_metrics = setup.teacher_metrics(where)
 
     images_per_step = preset.student_batch
     runs: list[dict[str, Any]] = []
     for name in names:
         for seed in seeds:
             run_dir = out / name / f"seed{seed}"
-            cfg = run_config(preset, splits, teacher_runs, all_variants[name], seed, args.threads, args.progress)
+            cfg = run_config(setup, all_variants[name], seed, args.threads, args.progress)
             images_per_step = cfg["data"]["batch_size"] * cfg["train"].get("grad_accum_steps", 1)
             if (run_dir / "summary.json").exists() and not args.force:
                 console.print(f"{name} seed {seed}: reusing {run_dir}")
@@ -300,15 +283,13 @@ def main(argv: list[str] | None = None) -> None:
                 console.print(f"{name} seed {seed}: training into {run_dir}")
                 shutil.rmtree(run_dir, ignore_errors=True)
                 t0 = time.perf_counter()
-                train_run(load_config(base=cfg), run_dir)
+                polydistill.train(cfg, run_dir)
                 console.print(f"  done in {time.perf_counter() - t0:.1f} s")
             by_ckpt = {}
             for which in ("best", "last"):
                 if not (run_dir / "checkpoints" / which).exists():
                     continue
-                model, tasks, _ = load_student_model(run_dir / "checkpoints" / which)
-                metrics = evaluate(student_predictor(model.to(device), tasks), tasks, test, device=device)
-                by_ckpt[which] = {"test": metrics, **compare_with_teachers(metrics, teacher_metrics, tasks)}
+                by_ckpt[which] = setup.score(run_dir / "checkpoints" / which, teacher_metrics, where)
             chosen = by_ckpt[args.checkpoint]
             summary = json.loads((run_dir / "summary.json").read_text())
             runs.append({
@@ -331,18 +312,11 @@ def main(argv: list[str] | None = None) -> None:
     summary = summarise(runs, names)
     result = {"meta": meta, "teachers": teacher_metrics, "runs": runs, "summary": summary,
               "verdict": verdict(summary, runs)}
-    (out / "results.json").write_text(json.dumps(result, indent=2, default=str))
-    (out / "results.md").write_text(markdown(summary, runs, teacher_metrics, meta))
-
-    table = Table(title=f"weighting strategies, preset {args.preset}, seeds {seeds}, checkpoint {args.checkpoint}")
-    for i, header in enumerate(HEADERS):
-        table.add_column(header, justify="left" if i == 0 else "right")
-    for row in table_rows(summary):
-        table.add_row(*row)
-    stdout = Console(width=max(120, Console().width))
-    stdout.print(table)
-    stdout.print(result["verdict"].replace("**", ""))
-    stdout.print(f"wrote {out / 'results.json'} and {out / 'results.md'}")
+    json_file, md_file = write_results(out, result, markdown(summary, runs, teacher_metrics, meta))
+    print_table(f"weighting strategies, preset {args.preset}, seeds {seeds}, checkpoint {args.checkpoint}", HEADERS,
+                table_rows(summary))
+    print(result["verdict"].replace("**", ""))
+    print(f"wrote {json_file} and {md_file}")
 
 
 if __name__ == "__main__":

@@ -66,10 +66,10 @@ class ScriptedTeacher(Teacher):
         return self.script(self.calls, out) if self.script else out
 
 
-def _scripted_source(name, path, tasks=None, options=None, **_):
+def _scripted_source(cfg, classes):
     """``source: scripted`` for run configs; ``options``: ``nan_from`` (NaN semseg logits from that call on),
     ``nan_calls`` (NaN on those calls only), ``channels_from`` (4 semseg channels from that call on)."""
-    opts = dict(options or {})
+    opts = dict(cfg.options)
 
     def script(call, out):
         nan = call >= opts.get("nan_from", math.inf) or call in opts.get("nan_calls", ())
@@ -79,7 +79,7 @@ def _scripted_source(name, path, tasks=None, options=None, **_):
             out["semseg"] = torch.cat([out["semseg"], out["semseg"][:, :1]], 1)
         return out
 
-    return ScriptedTeacher(name, tasks or ["semseg"], script=script)
+    return ScriptedTeacher(cfg.name, cfg.tasks or ["semseg"], script=script)
 
 
 if "scripted" not in TEACHER_SOURCES:

@@ -1,35 +1,25 @@
-"""benchmarks/feature_distill.py: the three students share the budget; configs are valid; the table builds."""
+"""benchmarks.feature_distill: the three students share the budget; configs are valid; the table builds."""
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
-from pathlib import Path
 
-from polydistill.config import load_config
-from polydistill.demo.story import PRESETS
+from benchmarks import feature_distill as bench
+from polydistill import load_config
+from polydistill.demo import PRESETS, DemoSetup
 from polydistill.pipeline.train import check_names
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def load_bench():
-    spec = importlib.util.spec_from_file_location("bench_features", ROOT / "benchmarks" / "feature_distill.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_variants_share_the_budget_and_validate(tmp_path):
-    bench = load_bench()
     preset = PRESETS["default"]
     splits = {"pool": tmp_path / "pool", "val": tmp_path / "val"}
     teachers = {n: tmp_path / n for n in ("depth_teacher", "seg_teacher", "depth_teacher_dusk")}
-    runs = {v: bench.configs(v, preset, splits, teachers, seed=1, out=tmp_path / v, projector="mlp",
+    setup = DemoSetup(preset_name="default", preset=preset, seed=0, splits=splits, teacher_runs=teachers)
+    runs = {v: bench.configs(v, setup, seed=1, out=tmp_path / v, projector="mlp",
                              norm="standardize", stage1=1 / 3) for v in bench.VARIANTS}
     for variant, stages in runs.items():
         for _, cfg in stages:
-            check_names(load_config(base=cfg))
+            check_names(load_config(cfg))
         assert sum(cfg["train"]["max_steps"] for _, cfg in stages) == preset.student_steps, variant
     plain, dune = runs["plain"][0][1], runs["dune"][0][1]
     assert set(dune["tasks"]) - set(plain["tasks"]) == {"seg_feat", "depth_feat"}
@@ -43,7 +33,6 @@ def test_variants_share_the_budget_and_validate(tmp_path):
 
 
 def test_summary_and_markdown():
-    bench = load_bench()
     run = {"test": {"depth": {"abs_rel": 0.2, "delta1": 0.7}, "semseg": {"miou": 0.6}}, "delta_m": -2.0,
            "params": 1_000_000, "latency_ms": 8.0}
     per_seed = [{"plain": run, "dune": {**run, "delta_m": -1.0}}, {"plain": run, "dune": {**run, "delta_m": -3.0}}]

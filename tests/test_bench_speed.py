@@ -1,25 +1,15 @@
-"""benchmarks/speed.py: the variant configs are valid and differ only where they must; the summaries add up."""
+"""benchmarks.speed: the variant configs are valid and differ only where they must; the summaries add up."""
 
 from __future__ import annotations
 
-import importlib.util
 import math
-from pathlib import Path
 
 import pytest
 
-from polydistill.config import load_config
-from polydistill.demo.story import PRESETS, TEACHERS
+from benchmarks import speed as bench
+from polydistill import load_config
+from polydistill.demo import PRESETS, TEACHERS, DemoSetup
 from polydistill.pipeline.train import check_names
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def load_bench():
-    spec = importlib.util.spec_from_file_location("bench_speed", ROOT / "benchmarks" / "speed.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def flatten(cfg: dict, prefix: str = "") -> dict:
@@ -41,18 +31,17 @@ def differences(a: dict, b: dict) -> set[str]:
 def setting(tmp_path):
     splits = {"pool": tmp_path / "pool", "val": tmp_path / "val"}
     teachers = {name: tmp_path / name for name in TEACHERS}
-    return PRESETS["quick"], splits, teachers
+    return DemoSetup(preset_name="quick", preset=PRESETS["quick"], seed=0, splits=splits, teacher_runs=teachers)
 
 
 def test_variant_configs_are_valid_and_differ_where_they_must(setting, tmp_path):
-    bench = load_bench()
-    preset, splits, teachers = setting
+    teachers = setting.teacher_runs
     common = dict(steps=20, threads=2, cache_dir=tmp_path / "cache")
-    supervised = bench.variant_config(preset, splits, {}, **common)
-    online = bench.variant_config(preset, splits, teachers, precompute=False, **common)
-    cached = bench.variant_config(preset, splits, teachers, precompute=True, **common)
+    supervised = bench.variant_config(setting, {}, **common)
+    online = bench.variant_config(setting, teachers, precompute=False, **common)
+    cached = bench.variant_config(setting, teachers, precompute=True, **common)
     for cfg in (supervised, online, cached):
-        check_names(load_config(base=cfg))
+        check_names(load_config(cfg))
         train = cfg["train"]
         assert train["max_steps"] == 20 and train["log_every"] == 1 and train["threads"] == 2
         assert train["val_every"] > train["max_steps"] and train["progress"] is False
@@ -68,20 +57,19 @@ def test_variant_configs_are_valid_and_differ_where_they_must(setting, tmp_path)
     assert supervised["data"]["labelled_only"] is True
 
     # first k teachers; int8 only changes the cache encoding; a scaled folder only changes data.train
-    one = bench.variant_config(preset, splits, bench.teacher_subset(teachers, 1), **common)
+    one = bench.variant_config(setting, bench.teacher_subset(teachers, 1), **common)
     assert [t["name"] for t in one["teachers"]] == ["depth_teacher"]
-    check_names(load_config(base=one))
+    check_names(load_config(one))
     assert differences(one, cached) == {"teachers"}
-    int8 = bench.variant_config(preset, splits, teachers, encoding="int8", **common)
-    check_names(load_config(base=int8))
+    int8 = bench.variant_config(setting, teachers, encoding="int8", **common)
+    check_names(load_config(int8))
     assert differences(int8, cached) == {"distill.cache.encoding", "distill.cache.semseg_topk"}
-    assert load_config(base=int8).distill.cache.semseg_topk == 3
-    scaled = bench.variant_config(preset, splits, teachers, train_folder=tmp_path / "pool_x10", **common)
+    assert load_config(int8).distill.cache.semseg_topk == 3
+    scaled = bench.variant_config(setting, teachers, train_folder=tmp_path / "pool_x10", **common)
     assert differences(scaled, cached) == {"data.train"}
 
 
 def test_throughput_median_skips_warmup_and_empty_steps():
-    bench = load_bench()
     rows = [{"step": s, "loss": 1.0, "samples_per_s": v} for s, v in enumerate([1.0, 2.0, 40.0, 20.0, 30.0], 1)]
     rows.append({"step": 6, "loss": math.nan, "samples_per_s": 1000.0})  # no update made: left out
     t = bench.throughput(rows, warmup=2, batch=8)
@@ -95,7 +83,6 @@ def test_throughput_median_skips_warmup_and_empty_steps():
 
 
 def test_ratios_scaling_cache_and_markdown():
-    bench = load_bench()
     steps = {"supervised": {"images_per_s": 100.0, "step_ms": 80.0, "steps_used": 15, "peak_rss_mb": 800.0,
                             "wall_s": 10.0},
              "online": {"images_per_s": 25.0, "step_ms": 320.0, "steps_used": 15, "peak_rss_mb": 1000.0,
@@ -141,7 +128,7 @@ def test_ratios_scaling_cache_and_markdown():
                      "peak_anon_mb": 481.0, "rss_file_end_mb": 40.0, "images_per_s": 290.0, "build": cache}}
     loader = {"images only": {"0": {"images_per_s": 400.0}, "1": {"images_per_s": 700.0}},
               "images + cache": {"0": {"images_per_s": 350.0}, "1": {"images_per_s": 650.0}}}
-    results = {"meta": {"command": "PYTHONPATH=src python benchmarks/speed.py --preset quick", "preset": "quick",
+    results = {"meta": {"command": "python -m benchmarks.speed --preset quick", "preset": "quick",
                         "image_size": [48, 64], "pool_images": 128, "batch": 8, "steps": 20, "warmup": 5,
                         "cpus": 2, "runtime": "PyTorch, CPU, 2 torch threads", "load_average_start": 0.1,
                         "load_average_end": 1.9},
@@ -149,7 +136,7 @@ def test_ratios_scaling_cache_and_markdown():
                "memory": memory,
                "loader": loader, "notes": ["a note"]}
     md = bench.markdown(results)
-    assert "PYTHONPATH=src python benchmarks/speed.py --preset quick" in md
+    assert "python -m benchmarks.speed --preset quick" in md
     assert "| (b) online / (c) cached (speed-up of the cache) | 3.20 | 3.20, 2.40 |" in md
     assert "| (c) cached / (a) supervised | 1.25 | 1.25, 1.67 |" in md
     assert "| (a) supervised only | 75.0 | 100.0, 50.0 | 120.0 | 800 | 10.0 |" in md

@@ -1,44 +1,33 @@
-"""benchmarks/weighting.py: every variant is a valid config that changes one thing; the tables build."""
+"""benchmarks.weighting: every variant is a valid config that changes one thing; the tables build."""
 
 from __future__ import annotations
 
-import importlib.util
 import math
-from pathlib import Path
 
-from polydistill.config import load_config
-from polydistill.demo.story import PRESETS
+from benchmarks import weighting as bench
+from polydistill import load_config
+from polydistill.demo import PRESETS, DemoSetup
 from polydistill.pipeline.train import check_names
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def load_bench():
-    spec = importlib.util.spec_from_file_location("bench_weighting", ROOT / "benchmarks" / "weighting.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def test_variants_are_valid_and_change_one_thing(tmp_path):
-    bench = load_bench()
     preset = PRESETS["quick"]
     splits = {"pool": tmp_path / "pool", "val": tmp_path / "val"}
     teachers = {"depth_teacher": tmp_path / "t1", "seg_teacher": tmp_path / "t2", "depth_teacher_dusk": tmp_path / "t3"}
+    setup = DemoSetup(preset_name="quick", preset=preset, seed=0, splits=splits, teacher_runs=teachers)
     found = bench.variants(preset)
     assert {"static", "feedback", "rl_reinforce", "rl_surrogate", "dropout", "confidence", "uncertainty", "dwa",
             "gradnorm", "trajectory"} <= set(found)
     reference = found["static"]
     for name, distill in found.items():
-        cfg = bench.run_config(preset, splits, teachers, distill, seed=3, threads=1, progress=False)
+        cfg = bench.run_config(setup, distill, seed=3, threads=1, progress=False)
         assert cfg["train"]["seed"] == 3
-        check_names(load_config(base=cfg))
+        check_names(load_config(cfg))
         changed = [k for k in set(distill) | set(reference) if distill.get(k) != reference.get(k)]
         assert len(changed) == (0 if name == "static" else 1), (name, changed)
 
 
 def test_summary_verdict_and_markdown():
-    bench = load_bench()
     runs = []
     for variant, dm in (("static", [-5.0, -6.0]), ("gradnorm", [-4.0, -7.0])):
         for seed, value in enumerate(dm):
@@ -51,8 +40,8 @@ def test_summary_verdict_and_markdown():
     assert summary["gradnorm"]["step_time_overhead_pct"]["mean"] == 10.0
     line = bench.verdict(summary, runs)
     assert "gradnorm" in line and "does not beat" in line and "1 of 2 seeds" in line
-    meta = {"command": "python benchmarks/weighting.py", "preset": "quick", "student_steps": 40, "batch": 8,
+    meta = {"command": "python -m benchmarks.weighting", "preset": "quick", "student_steps": 40, "batch": 8,
             "checkpoint": "best", "seeds": [0, 1], "test_images": 32, "load_average": 0.0, "cpus": 2, "runtime": "cpu",
             "dwa_period": 3}
     md = bench.markdown(summary, runs, {"depth_teacher": {"depth": {"abs_rel": 0.2, "delta1": 0.8}}}, meta)
-    assert "| gradnorm |" in md and "-5.50 ± 2.12" in md and "python benchmarks/weighting.py" in md
+    assert "| gradnorm |" in md and "-5.50 ± 2.12" in md and "python -m benchmarks.weighting" in md

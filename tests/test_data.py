@@ -195,7 +195,7 @@ def test_folder_level_errors(folder, tmp_path):
     with pytest.raises(DataError, match="lists 3 classes but num_classes=4"):
         FolderDataset(folder, num_classes=4)
     with pytest.raises(DataError, match="cannot read task"):
-        FolderDataset(folder, tasks=("normals",))
+        FolderDataset(folder, tasks=("edges",))
 
 
 # --------------------------------------------------------------------------- augmentation
@@ -361,3 +361,126 @@ def test_collate_rejects_mixed_samples(folder):
         collate([plain[0], small[1]])
     with pytest.raises(DataError, match="teacher outputs 't/depth' hold 2 maps"):
         plain.attach_teacher_outputs({"t": {"depth": torch.zeros(2, 1, H, W)}})
+
+
+# --------------------------------------------------------------------------- a task the data code has never seen
+
+
+@pytest.fixture
+def heat_task():
+    """A task type registered for one test: labels in ``heat/<id>.npy`` (a signed field ``(1, H, W)``), a flip that
+    negates the values as a normals task would its x, teacher maps in units of input pixels. The data code knows
+    nothing of it: everything goes through the hooks of :class:`~polydistill.tasks.Task`."""
+    from polydistill.tasks import TASKS, Task
+
+    class HeatTask(Task):
+        name = "heat"
+        target_is_label = False
+        label_folder = "heat"
+        label_extensions = (".npy",)
+
+        @classmethod
+        def read_label_file(cls, path, num_classes, ignore_index):
+            return torch.from_numpy(np.load(path))[None]
+
+        @classmethod
+        def placeholder_target(cls, size, ignore_index):
+            return torch.full((1, *size), float("nan"))
+
+        @classmethod
+        def flip_target(cls, target):
+            return -target.flip(-1)
+
+        @classmethod
+        def flip_teacher_map(cls, value):
+            return -value.flip(-1)
+
+        @classmethod
+        def rescale_teacher_map(cls, value, sx, sy):
+            return value * sx
+
+        @classmethod
+        def cache_encoding(cls, default, semseg_topk):
+            return "fp32"
+
+        @classmethod
+        def label_statistics(cls, label, file, num_classes):
+            return {"files": 1, "sum": float(label.sum())}
+
+        @classmethod
+        def summarise_label_statistics(cls, total, class_names, box_class_names):
+            return None, {"files": total.get("files", 0), "sum": total.get("sum", 0.0)}
+
+    TASKS.register()(HeatTask)
+    yield HeatTask
+    TASKS._items.pop("heat")  # the registry has no public removal: tasks are registered once, at import
+
+
+def test_a_registered_task_is_read_flipped_resized_cached_and_checked_through_its_hooks(folder, heat_task):
+    from polydistill.cache.build import encodings_for
+    from polydistill.data.check import check_dataset
+    from polydistill.data.layouts import layout_class
+    from polydistill.teachers import Teacher
+
+    field = np.tile(np.arange(W, dtype=np.float32) - 10, (H, 1))
+    (folder / "heat").mkdir()
+    np.save(folder / "heat/a.npy", field)
+    ds = FolderDataset(folder, ("heat", "semseg"), transform=RandomHorizontalFlip(p=1.0))
+    assert ds.label_counts() == {"heat": 1, "semseg": 2}
+    ds.attach_teacher_outputs({"t": {"heat": torch.arange(4 * W, dtype=torch.float32).reshape(4, 1, 1, W)}})
+    sample = ds[0]
+    assert sample["valid"]["heat"]
+    assert torch.equal(sample["targets"]["heat"][0], -torch.from_numpy(field[:, ::-1].copy()))
+    assert torch.allclose(sample["teacher"]["t"]["heat"][0, 5], -torch.arange(W - 1, -1, -1, dtype=torch.float32))
+    missing = ds[1]
+    assert not missing["valid"]["heat"] and missing["targets"]["heat"].shape == (1, H, W)
+    assert missing["targets"]["heat"].isnan().all()  # its own placeholder, not depth's zeros or semseg's ids
+    batch = collate([ds[0], ds[1]])
+    assert batch["targets"]["heat"].shape == (2, 1, H, W) and batch["valid"]["heat"].tolist() == [True, False]
+
+    resized = FolderDataset(folder, ("heat",), transform=Resize((H // 2, W // 2)))  # after the maps are attached
+    resized.attach_teacher_outputs({"t": {"heat": torch.ones(4, 1, H, W)}})
+    small = resized[0]
+    assert small["targets"]["heat"].shape == (1, H // 2, W // 2)
+    assert torch.allclose(small["teacher"]["t"]["heat"], torch.full((1, H // 2, W // 2), 0.5))  # rescaled by sx
+
+    class HeatTeacher(Teacher):
+        def _predict(self, images):
+            return {"heat": images.mean(1)[:, ::2, ::2], "depth": images[:, :1] + 1}
+
+    teacher = HeatTeacher("t", ("heat", "depth"))
+    assert encodings_for([teacher], "int8") == {("t", "heat"): "fp32", ("t", "depth"): "fp16"}
+    assert teacher.predict(torch.rand(2, 3, 8, 10))["heat"].shape == (2, 1, 8, 10)  # resized to the input
+
+    (report,) = check_dataset(folder)
+    assert report.labels["heat"] == 1 and report.to_dict()["heat"] == {"files": 1, "sum": float(field.sum())}
+    only_labels = folder.parent / "only-heat"
+    (only_labels / "heat").mkdir(parents=True)
+    assert layout_class(only_labels).name == "folder"  # auto-detected by the task's label folder
+
+
+def test_hooks_of_the_built_in_tasks():
+    from torchvision.transforms import InterpolationMode
+
+    from polydistill.tasks import TASKS
+
+    depth, semseg, detection = TASKS.get("depth"), TASKS.get("semseg"), TASKS.get("detection")
+    assert (depth.label_folder, semseg.label_folder, detection.label_folder) == ("depth", "semseg", "boxes")
+    assert TASKS.get("features").label_folder is None
+    assert depth.label_interpolation == semseg.label_interpolation == InterpolationMode.NEAREST_EXACT
+    assert detection.label_interpolation == InterpolationMode.BILINEAR
+    assert semseg.needs_class_names and detection.needs_class_names and not depth.needs_class_names
+    assert torch.equal(depth.placeholder_target((2, 3), 255), torch.zeros(1, 2, 3))
+    assert torch.equal(semseg.placeholder_target((2, 3), 7), torch.full((2, 3), 7))
+    assert depth.cache_encoding("int8", 5) == "fp16" and semseg.cache_encoding("int8", 5) == ("topk", 5)
+    assert semseg.cache_encoding("int8", None) == "int8" and detection.cache_encoding("int8", 5) == "int8"
+    boxes = torch.arange(2 * 6 * 3, dtype=torch.float32).reshape(6, 2, 3)  # 2 classes + (l, t, r, b)
+    flipped = detection.flip_teacher_map(boxes)
+    assert torch.equal(flipped[:2], boxes[:2].flip(-1))
+    assert torch.equal(flipped[2:], boxes[[4, 3, 2, 5]].flip(-1))  # left and right swap
+    scaled = detection.rescale_teacher_map(boxes, 2.0, 0.5)
+    assert torch.equal(scaled[:2], boxes[:2]) and torch.equal(scaled[2:], boxes[2:] * torch.tensor(
+        [2.0, 0.5, 2.0, 0.5])[:, None, None])
+    grid = torch.rand(2, 6, 4, 5)
+    assert detection.teacher_output_at_input(grid, (16, 20)) is grid
+    assert depth.teacher_output_at_input(torch.rand(2, 4, 5), (16, 20)).shape == (2, 1, 16, 20)

@@ -363,5 +363,5 @@ def test_config_splits_of_one_root_and_a_tiny_training_run(tmp_path, capsys):
     with pytest.raises(ConfigError, match="data.val is the training folder"):
         build_datasets(load_config(base=same))
     result = train_run(load_config(base=base), tmp_path / "run")
-    assert result.spec["tasks"]["semseg"]["class_names"] == list(CS_CLASSES)
+    assert result.spec.tasks["semseg"]["class_names"] == list(CS_CLASSES)
     assert {"depth", "semseg"} <= set(result.fit.best_metrics)

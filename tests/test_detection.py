@@ -199,16 +199,17 @@ def test_coco_style_box_files_read_like_the_native_ones(tmp_path):
 
 
 def test_the_head_width_and_depth_options_shape_the_student_head():
+    from polydistill.config import StudentConfig
     from polydistill.errors import ConfigError
     from polydistill.students.student import Student
 
     deep = det(head_convs=2, head_channels=24)
-    student = Student({"detection": deep}, neck_channels=16)
+    student = Student({"detection": deep}, StudentConfig(neck_channels=16))
     convs = [m for m in student.heads["detection"].stem if isinstance(m, torch.nn.Conv2d)]
     assert [(c.in_channels, c.out_channels) for c in convs] == [(16, 24), (24, 24)]
     out = student(torch.rand(2, 3, 64, 96))["detection"]
     assert out.shape == (2, deep.out_channels, 16, 24)  # stays on the stride-4 grid
-    plain = Student({"detection": det()}, neck_channels=16, head_channels=8)
+    plain = Student({"detection": det()}, StudentConfig(neck_channels=16, head_channels=8))
     assert [m.out_channels for m in plain.heads["detection"].stem if isinstance(m, torch.nn.Conv2d)] == [8]
     with pytest.raises(ConfigError, match="head_convs"):
         det(head_convs=0)

@@ -31,7 +31,7 @@ RANDOM = {"weights": "none", "num_classes": 4, "class_names": NAMES}
 
 def tv_teacher(students=None, class_map=None, **options) -> TorchvisionDetectionTeacher:
     cfg = TeacherConfig(name="tv", path=f"torchvision:{MODEL}", class_map=class_map, options={**RANDOM, **options})
-    return build_teacher(cfg, None, students)
+    return build_teacher(cfg, {"detection": students})
 
 
 def decoded(teacher, out: torch.Tensor) -> list[tuple[list, list, list]]:
@@ -121,8 +121,8 @@ def test_weights_file_and_fingerprint(tmp_path):
 
     def fingerprint(students=("person", "car"), **options):
         opts = {"weights_file": str(path), "class_names": NAMES, **options}
-        teacher = build_teacher(TeacherConfig(name="tv", path=f"torchvision:{MODEL}", options=opts), None,
-                                list(students))
+        teacher = build_teacher(TeacherConfig(name="tv", path=f"torchvision:{MODEL}", options=opts),
+                                {"detection": list(students)})
         assert teacher.num_classes == 4  # inferred from the file
         return teacher.fingerprint()
 
@@ -144,7 +144,7 @@ def test_ssdlite_from_a_weights_file(tmp_path):
     cfg = TeacherConfig(name="ssd", path="torchvision:ssdlite320_mobilenet_v3_large",
                         options={"weights_file": str(path), "class_names": ["__background__", "a", "b"],
                                  "min_score": 0.0})
-    teacher = build_teacher(cfg, None, ["b", "a"])
+    teacher = build_teacher(cfg, {"detection": ["b", "a"]})
     assert teacher.num_classes == 3
     out = teacher.predict(torch.rand(1, 3, 40, 52))["detection"]
     assert out.shape == (1, 2 + 4, 10, 13) and torch.isfinite(out).all()
@@ -157,7 +157,7 @@ def test_ssdlite_from_a_weights_file(tmp_path):
 
 def test_torchvision_source_dispatches_by_builder_name():
     seg = build_teacher(TeacherConfig(name="seg", path="torchvision:lraspp_mobilenet_v3_large",
-                                      options={"weights": "none", "num_classes": 3}), None, ["a", "b"])
+                                      options={"weights": "none", "num_classes": 3}), {"detection": ["a", "b"]})
     assert isinstance(seg, TorchvisionTeacher) and seg.tasks == ("semseg",)
     with pytest.raises(ConfigError, match="did you mean 'fasterrcnn_resnet50_fpn'"):
         build_teacher(TeacherConfig(name="x", path="torchvision:fasterrcnn_resnet50_fp"))
@@ -212,7 +212,7 @@ def tiny_yolos(folder, labels=LABELS) -> None:
 
 
 def hf_teacher(folder, students=None, **options) -> HuggingFaceDetectionTeacher:
-    return build_teacher(TeacherConfig(name="detr", path=f"hf:{folder}", options=options), None, students)
+    return build_teacher(TeacherConfig(name="detr", path=f"hf:{folder}", options=options), {"detection": students})
 
 
 @pytest.mark.parametrize("make", [tiny_detr, tiny_conditional_detr, tiny_yolos])
@@ -290,7 +290,7 @@ def test_uncached_hf_detector_fails_fast_offline(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     start = time.perf_counter()
     with pytest.raises(ConfigError, match="not cached locally"):
-        build_teacher(TeacherConfig(name="detr", path="hf:facebook/detr-resnet-50"), None, ["person"])
+        build_teacher(TeacherConfig(name="detr", path="hf:facebook/detr-resnet-50"), {"detection": ["person"]})
     assert time.perf_counter() - start < 10
 
 
@@ -299,6 +299,6 @@ def test_hf_source_still_builds_other_teachers_when_given_detection_classes(tmp_
     from tests.test_hf_teacher import tiny_segformer
 
     tiny_segformer(tmp_path / "seg", labels=("floor", "wall", "box"))
-    teacher = build_teacher(TeacherConfig(name="seg", path=f"hf:{tmp_path / 'seg'}"), ["floor", "wall", "box"],
-                            ["person"])
+    teacher = build_teacher(TeacherConfig(name="seg", path=f"hf:{tmp_path / 'seg'}"),
+                            {"semseg": ["floor", "wall", "box"], "detection": ["person"]})
     assert isinstance(teacher, HuggingFaceTeacher) and teacher.tasks == ("semseg",)

@@ -60,7 +60,7 @@ def test_nyuv2_foundation_config_builds_and_distills(tmp_path):
                  data["val"])
     local = {"depth_anything": "da", "segformer_ade": "segformer", "dinov2": "dino"}
     for t in cfg["teachers"]:
-        t["path"] = str(tmp_path / local[t["name"]])  # source stays 'hf', as parsed from the shipped prefix
+        t["path"] = f"hf:{tmp_path / local[t['name']]}"  # the shipped hf: prefix, on a local folder
     result = train_run(load_config(base=cfg), tmp_path / "run")
     assert set(result.fit.best_metrics) == {"depth", "semseg"}
     assert_feature_losses_fall(tmp_path / "run", ["dino/dinov2"])
@@ -76,7 +76,7 @@ def test_sak_configs_build_and_run_both_stages(tmp_path):
 
     def local(cfg: dict) -> dict:
         for t in cfg["teachers"]:
-            t["path"] = str(tmp_path / t["tasks"][0])
+            t["path"] = f"hf:{tmp_path / t['tasks'][0]}"
         return cfg
 
     stage1 = shrink(load_config(ROOT / "configs" / "sak_stage1.yaml").model_dump(), images, None, steps=20)

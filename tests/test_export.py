@@ -15,14 +15,15 @@ from typer.testing import CliRunner
 
 from polydistill.checkpoint import save_checkpoint
 from polydistill.cli import app
+from polydistill.config import ModelSpec
 from polydistill.deploy.export import (
     adaptive_avg_pool2d_dynamic,
     check_parity,
     export_checkpoint,
     onnx_runner,
     parity_batches,
-    read_sidecar,
 )
+from polydistill.deploy.runtime import read_sidecar
 from polydistill.errors import ConfigError
 from polydistill.students import build_student
 from tests.conftest import write_tiny_dataset
@@ -46,7 +47,7 @@ def make_student(path: Path, layout: str = "plain", seed: int = 0) -> Path:
             m.running_mean.uniform_(-0.2, 0.2)
             m.running_var.uniform_(0.5, 1.5)
     model.heads["detection"].classes.bias.data.fill_(0.5)
-    return save_checkpoint(path, model=model, spec=spec)
+    return save_checkpoint(path, model=model, spec=ModelSpec.of(spec))
 
 
 @pytest.fixture(scope="module")

@@ -1,19 +1,14 @@
-"""benchmarks/gpu_check.py runs end to end (on the CPU, at toy sizes) and its table reads its own numbers."""
+"""benchmarks.gpu_check runs end to end (on the CPU, at toy sizes) and its table reads its own numbers."""
 
 from __future__ import annotations
 
-import importlib.util
 import math
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from benchmarks import gpu_check
 
 
 def test_gpu_check_measures_online_and_cached_distillation(tmp_path):
-    spec = importlib.util.spec_from_file_location("gpu_check", ROOT / "benchmarks" / "gpu_check.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    results = module.main(["--sizes", "32", "--images", "8", "--batch", "2", "--steps", "4", "--warmup", "1",
+    results = gpu_check.main(["--sizes", "32", "--images", "8", "--batch", "2", "--steps", "4", "--warmup", "1",
                            "--teacher-steps", "1", "--precision", "bf16", "--skip-demo", "--out", str(tmp_path)])
     (row,) = results["throughput"]
     for mode in ("online", "cached"):

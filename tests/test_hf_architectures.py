@@ -1,7 +1,7 @@
 """``hf:`` teachers, one test per architecture the module claims, on tiny random-weight models.
 
 Every model is built from a config, saved with an image processor into a folder and loaded the way a user's
-hub model is: ``build_teacher(TeacherConfig(path="hf:<folder>"), student_classes)``.
+hub model is: ``build_teacher(TeacherConfig(path="hf:<folder>"), {"semseg": student_classes})``.
 """
 
 from __future__ import annotations
@@ -29,7 +29,8 @@ def label_kwargs(labels=LABELS) -> dict:
 
 
 def load(folder, student_classes=None, **kwargs) -> HuggingFaceTeacher:
-    teacher = build_teacher(TeacherConfig(name="t", path=f"hf:{folder}", **kwargs), student_classes)
+    classes = None if student_classes is None else {"semseg": student_classes}
+    teacher = build_teacher(TeacherConfig(name="t", path=f"hf:{folder}", **kwargs), classes)
     assert isinstance(teacher, HuggingFaceTeacher)
     return teacher
 

@@ -216,7 +216,7 @@ def test_config_errors(tmp_path):
     cmap = tmp_path / "map.yaml"
     cmap.write_text("map:\n  floor: [floor]\n")
     with pytest.raises(ConfigError, match="class_map"):
-        build_teacher(TeacherConfig(name="t", path=path, tasks=["feat"], class_map=str(cmap)), ["floor"])
+        build_teacher(TeacherConfig(name="t", path=path, tasks=["feat"], class_map=str(cmap)), {"semseg": ["floor"]})
     with pytest.raises(ConfigError, match="depth_convention"):
         build_teacher(TeacherConfig(name="t", path=path, tasks=["feat"], depth_convention="metric"))
     with pytest.raises(ConfigError, match="did you mean 'layer'"):

@@ -67,17 +67,17 @@ def test_segformer_teacher_with_a_class_map(tmp_path):
     cmap = tmp_path / "map.yaml"
     cmap.write_text("map:\n  floor: [floor, rug]\n  wall: [wall, ceiling]\n")
     cfg = TeacherConfig(name="seg", path=f"hf:{tmp_path / 'seg'}", class_map=str(cmap))
-    teacher = build_teacher(cfg, ["floor", "wall", "box"])
+    teacher = build_teacher(cfg, {"semseg": ["floor", "wall", "box"]})
     out = teacher.predict(torch.rand(2, 3, 32, 48))["semseg"]
     assert out.shape == (2, 4, 32, 48)  # 3 student classes + the unmapped mass ("person")
     assert torch.allclose(out.exp().sum(1), torch.ones(2, 32, 48), atol=1e-4)
     assert teacher.class_map.unmapped == ["person"]
     assert_distills(teacher, num_classes=3)  # the student's 3 classes from 3 + 1 mapped channels
     with pytest.raises(ConfigError, match="class_map"):
-        build_teacher(TeacherConfig(name="seg", path=f"hf:{tmp_path / 'seg'}"), ["floor", "wall", "box"])
+        build_teacher(TeacherConfig(name="seg", path=f"hf:{tmp_path / 'seg'}"), {"semseg": ["floor", "wall", "box"]})
     cmap.write_text("map:\n  floor: [flor]\n")
     with pytest.raises(ConfigError, match="did you mean 'floor'"):
-        build_teacher(cfg, ["floor", "wall", "box"])
+        build_teacher(cfg, {"semseg": ["floor", "wall", "box"]})
 
 
 def test_uncached_hub_id_fails_fast_offline(monkeypatch, tmp_path):
@@ -119,9 +119,9 @@ def test_fingerprint_covers_weights_and_preprocessing(tmp_path):
 def test_same_count_but_other_class_names_needs_a_class_map(tmp_path):
     tiny_segformer(tmp_path / "seg", labels=("wall", "floor", "box"))  # the student's classes, other order
     with pytest.raises(ConfigError, match="class_map"):
-        build_teacher(TeacherConfig(name="s", path=f"hf:{tmp_path / 'seg'}"), ["floor", "wall", "box"])
+        build_teacher(TeacherConfig(name="s", path=f"hf:{tmp_path / 'seg'}"), {"semseg": ["floor", "wall", "box"]})
     identity = tmp_path / "identity.yaml"
     identity.write_text("map: {floor: [floor], wall: [wall], box: [box]}\n")
     teacher = build_teacher(TeacherConfig(name="s", path=f"hf:{tmp_path / 'seg'}", class_map=str(identity)),
-                            ["floor", "wall", "box"])
+                            {"semseg": ["floor", "wall", "box"]})
     assert teacher.class_map.unmapped == []

@@ -45,13 +45,15 @@ def artifacts_dir() -> Path:
 @pytest.fixture(scope="module")
 def distilled_run(tiny_data, teacher_runs, tmp_path_factory) -> Path:
     """A 6-step student distilled from two tiny checkpoint teachers with adaptive weighting (so teacher and
-    task weights vary), validated twice; it writes its own report.html at the end."""
+    task weights vary), validated twice; then its report.html is written as ``polydistill train`` does after
+    training (training itself never imports the reporting)."""
     cfg = tiny_config(tiny_data["train"], tiny_data["val"], report=True)
     cfg["teachers"] = [{"name": "depth_t", "source": "checkpoint", "path": str(teacher_runs["depth"])},
                        {"name": "seg_<t>", "source": "checkpoint", "path": str(teacher_runs["semseg"])}]
     cfg["distill"] = {"task_weighting": "uncertainty"}
     run = tmp_path_factory.mktemp("html") / "run"
     train_run(load_config(base=cfg), run)
+    write_html_report(run, teachers=False)
     return run
 
 

@@ -107,7 +107,7 @@ def test_partial_labels_end_to_end_with_pseudo_labels(tiny_data, teacher_runs, t
     metrics = result.fit.last_metrics
     assert 0.0 <= metrics["detection"]["map50"] <= 1.0 and 0.0 <= metrics["semseg"]["miou"] <= 1.0
     spec = result.spec
-    assert spec["tasks"]["detection"]["source_ids"] == [2]  # 'box' is class 2 of classes.yaml
+    assert spec.tasks["detection"]["source_ids"] == [2]  # 'box' is class 2 of classes.yaml
     cfg["data"]["batch_size"] = 16  # 12 images per task: fewer than one batch
     with pytest.raises(ConfigError, match="only 12 training images carry"):
         train_run(load_config(base=cfg), tmp_path / "run2")

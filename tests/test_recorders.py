@@ -160,10 +160,11 @@ def test_module_paths(resnet):
 
 
 def test_student_backbone_and_neck():
+    from polydistill.config import StudentConfig
     from polydistill.students.student import Student
     from polydistill.tasks import build_task
 
-    student = Student({"depth": build_task("depth")}, backbone="resnet18")
+    student = Student({"depth": build_task("depth")}, StudentConfig(backbone="resnet18"))
     specs = {"c3": "backbone.layer3", "fused": "neck", "last": {"path": "backbone", "index": -1}}
     with FeatureRecorders(student, specs) as rec:
         student(torch.rand(2, 3, 64, 64))

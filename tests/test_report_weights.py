@@ -6,7 +6,7 @@ import csv
 
 import numpy as np
 
-from polydistill.reporting.figures import _running_mean, _strategy_names, plot_weights
+from polydistill.reporting.figures import _running_mean, plot_weights, strategy_names
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -72,5 +72,5 @@ def test_strategy_names_from_config(tmp_path):
     (tmp_path / "config.yaml").write_text(
         "distill:\n  teacher_weighting:\n    name: feedback\n    options: {}\n"
         "  task_weighting:\n    name: dwa\n    options: {}\n")
-    assert _strategy_names(tmp_path) == ("feedback", "dwa")
-    assert _strategy_names(tmp_path / "missing") == ("?", "?")
+    assert strategy_names(tmp_path) == ("feedback", "dwa")
+    assert strategy_names(tmp_path / "missing") == ("?", "?")

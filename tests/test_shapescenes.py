@@ -293,3 +293,94 @@ def test_scene_statistics_are_sane():
     assert len(means) >= 2
     centres = [np.mean(v, axis=0) for v in means.values()]
     assert max(np.abs(a - b).max() for a in centres for b in centres) > 20
+
+
+# ------------------------------------------------------------------------------------------ normals
+
+
+def test_wall_facing_the_camera_has_normal_minus_z():
+    out = ss.render([ss.Plane(normal=(0, 0, 1), offset=5.0, class_id=ss.WALL)], axis_camera(30, 40), 30, 40)
+    assert out["normals"].shape == (30, 40, 3) and out["normals"].dtype == np.float32
+    np.testing.assert_allclose(out["normals"], np.broadcast_to([0, 0, -1], (30, 40, 3)), atol=1e-6)
+
+
+def test_floor_normal_points_up_which_is_minus_y_in_the_camera_frame():
+    height, width = 40, 48
+    floor = ss.Plane(normal=(0, 0, 1), offset=0, class_id=ss.FLOOR)
+    out = ss.render([floor], level_camera(height, width, eye_height=1.5), height, width)
+    seen = out["semseg"] == ss.FLOOR
+    assert seen[-1].all() and not seen[0].any()  # a level camera sees the floor below the horizon only
+    np.testing.assert_allclose(out["normals"][seen], np.broadcast_to([0, -1, 0], (seen.sum(), 3)), atol=1e-6)
+    assert (out["normals"][~seen] == 0).all()  # no surface: (0, 0, 0)
+
+
+def test_normals_rotate_with_the_camera():
+    """A tilted, rolled camera sees the floor's up vector as R^T (0, 0, 1), the same at every floor pixel."""
+    camera = ss.Camera.looking((0, 0, 1.5), yaw=0.6, pitch=0.3, roll=0.1, fx=FOCAL, cx=24, cy=20)
+    out = ss.render([ss.Plane(normal=(0, 0, 1), offset=0, class_id=ss.FLOOR)], camera, 40, 48)
+    seen = out["semseg"] == ss.FLOOR
+    expected = camera.rotation.T @ np.array([0, 0, 1], np.float32)
+    np.testing.assert_allclose(out["normals"][seen], np.broadcast_to(expected, (seen.sum(), 3)), atol=1e-6)
+
+
+def test_scene_normals_are_unit_and_face_the_camera():
+    for index in range(4):
+        sample = ss.render_scene(9, index, 48, 64)
+        normals = sample["normals"]
+        hit = sample["depth"] > 0
+        np.testing.assert_allclose(np.linalg.norm(normals[hit], axis=-1), 1.0, atol=1e-5)
+        assert (normals[~hit] == 0).all()
+        # Viewing ray through each pixel in the camera frame: ((u - cx) / fx, (v - cy) / fy, 1).
+        k = sample["intrinsics"]
+        u = (np.arange(64) + 0.5 - k[0, 2]) / k[0, 0]
+        v = (np.arange(48) + 0.5 - k[1, 2]) / k[1, 1]
+        rays = np.stack(np.broadcast_arrays(u[None, :], v[:, None], np.ones((48, 64))), axis=-1)
+        assert (np.einsum("...i,...i", normals, rays)[hit] < 1e-4).all()
+
+
+def test_sphere_normals_are_exact():
+    height, width, d, r = 61, 61, 6.0, 1.0
+    out = ss.render([ss.Sphere(center=(0, 0, d), radius=r, class_id=ss.BALL)], axis_camera(height, width), height,
+                    width)
+    hit = out["semseg"] == ss.BALL
+    rows, cols = np.nonzero(hit)
+    z = out["depth"][hit]
+    points = np.stack([(cols + 0.5 - width / 2) / FOCAL * z, (rows + 0.5 - height / 2) / FOCAL * z, z], axis=1)
+    expected = (points - [0, 0, d]) / r
+    np.testing.assert_allclose(out["normals"][hit], expected, atol=2e-3)
+    np.testing.assert_allclose(out["normals"][height // 2, width // 2], [0, 0, -1], atol=1e-3)
+
+
+def test_normals_png_round_trips_within_one_step(tmp_path):
+    sample = ss.render_scene(4, 2, 40, 56)
+    normals = sample["normals"]
+    path = tmp_path / "n.png"
+    Image.fromarray(ss.encode_normals(normals)).save(path)
+    stored = Image.open(path)
+    assert stored.mode == "RGB"
+    decoded, valid = ss.decode_normals(np.asarray(stored))
+    np.testing.assert_array_equal(valid, sample["depth"] > 0)
+    assert np.abs(decoded - normals).max() <= 1 / 127
+    encoded = ss.encode_normals(np.array([[[0, 0, -1], [0, -1, 0], [0, 0, 0]]], np.float32))
+    assert encoded.tolist() == [[[128, 128, 0], [128, 0, 128], [0, 0, 0]]]  # round((n + 1) / 2 * 255)
+
+
+def test_split_with_normals_keeps_other_outputs_byte_identical(tmp_path):
+    kwargs = {"seed": 6, "height": 32, "width": 40, "workers": 1}
+    plain = read_tree(ss.generate_split(tmp_path / "plain", 4, labels=ss.DEFAULT_LABELS, **kwargs))
+    more = ss.generate_split(tmp_path / "more", 4, labels=(*ss.DEFAULT_LABELS, "normals"), **kwargs)
+    with_normals = read_tree(more)
+    assert sorted(k for k in with_normals if k.startswith("normals/")) == [f"normals/{i:06d}.png" for i in range(4)]
+    for name, data in plain.items():
+        if name != ss.COMPLETE_MARKER:
+            assert with_normals[name] == data, name
+    for index in range(4):
+        stored = np.asarray(Image.open(more / "normals" / f"{index:06d}.png"))
+        domain = json.loads((more / "meta" / f"{index:06d}.json").read_text())["domain"]
+        sample = ss.render_scene(6, index, 32, 40, domain)
+        np.testing.assert_array_equal(stored, ss.encode_normals(sample["normals"]))
+
+
+def test_default_labels_do_not_include_normals(tmp_path):
+    out = ss.generate_split(tmp_path / "d", 1, seed=0, height=8, width=8, workers=1)
+    assert not (out / "normals").exists() and "normals" in ss.LABEL_KINDS

@@ -26,11 +26,14 @@ from typing import Any
 
 import numpy as np
 import torch
+from pydantic import ValidationError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+from .config import ModelSpec, explain_validation_error
 from .errors import PolydistillError
 from .students import build_student
+from .tasks import Task
 
 
 class CheckpointError(PolydistillError):
@@ -91,7 +94,7 @@ def set_rng_state(state: dict[str, Any], torch_state: torch.Tensor | None) -> No
         torch.set_rng_state(torch_state)
 
 
-def save_checkpoint(directory: str | Path, *, model: nn.Module, spec: dict[str, Any],
+def save_checkpoint(directory: str | Path, *, model: nn.Module, spec: ModelSpec,
                     optimizer: torch.optim.Optimizer | None = None, state: dict[str, Any] | None = None) -> Path:
     """Atomically write a checkpoint directory (see module docstring)."""
     directory = Path(directory)
@@ -103,7 +106,7 @@ def save_checkpoint(directory: str | Path, *, model: nn.Module, spec: dict[str, 
         raise _write_error(directory, exc) from exc
     try:
         save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp / MODEL_FILE))
-        (tmp / SPEC_FILE).write_text(json.dumps(spec, indent=2))
+        (tmp / SPEC_FILE).write_text(json.dumps(spec.to_json(), indent=2))
         tensors: dict[str, torch.Tensor] = {"rng.torch": torch.get_rng_state()}
         full_state = {k: _split_tensors(v, k, tensors) if _has_tensor(v) else v for k, v in (state or {}).items()}
         if optimizer is not None:
@@ -188,13 +191,18 @@ def find_checkpoint(path: str | Path) -> Path:
     )
 
 
-def load_spec(directory: str | Path) -> dict[str, Any]:
+def load_spec(directory: str | Path) -> ModelSpec:
     path = Path(directory) / SPEC_FILE
     spec = _read_json(path)
     if not isinstance(spec, dict) or not isinstance(spec.get("tasks"), dict):
         raise CheckpointError(f"checkpoint file {path} is not a polydistill model spec (a JSON object with 'tasks'); "
-                              "it was overwritten or comes from another tool — restore it or train again")
-    return spec
+                              "restore it from a copy or train again")
+    try:
+        return ModelSpec.of(spec)
+    except ValidationError as exc:
+        problem = explain_validation_error(exc, str(path))
+        raise CheckpointError(f"checkpoint file {path} is not a polydistill model spec ({problem}); "
+                              "restore it from a copy or train again") from None
 
 
 def load_weights(model: nn.Module, directory: str | Path) -> None:
@@ -268,7 +276,7 @@ def recover_checkpoint(directory: str | Path) -> None:
         shutil.rmtree(leftover, ignore_errors=True)
 
 
-def load_student_model(path: str | Path, *, inference: bool = True):
+def load_student_model(path: str | Path, *, inference: bool = True) -> tuple[nn.Module, dict[str, Task], ModelSpec]:
     """(model in eval mode, tasks, spec) from a checkpoint or run directory.
 
     ``inference=True`` drops the training-only parts (feature projectors) and their tasks: what a deployed

@@ -14,7 +14,7 @@ from typing import Any, Literal
 import yaml
 from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import ConfigError
 from .registry import did_you_mean
@@ -78,29 +78,37 @@ class StudentConfig(StrictModel):
     adapter_ratio: int = Field(4, gt=0, description="SAK adapters' bottleneck: channels / adapter_ratio")
 
 
-TEACHER_PREFIXES = ("hf", "torchvision", "onnx", "timm", "checkpoint")
+
+class ModelSpec(StudentConfig):
+    """What rebuilds a student network without its config: the architecture plus every task's resolved
+    options; stored as ``model.json`` beside every checkpoint (``input_size``: the training size)."""
+
+    tasks: dict[str, dict[str, Any]] = Field(description="task name -> resolved task options")
+    input_size: tuple[int, int] | None = Field(None, description="(height, width) the student was trained at")
+
+    @classmethod
+    def of(cls, spec: ModelSpec | dict[str, Any]) -> ModelSpec:
+        """A spec as given, or parsed from its JSON form (``model.json``)."""
+        return spec if isinstance(spec, ModelSpec) else cls.model_validate(spec)
+
+    def to_json(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
 
 
 class TeacherConfig(StrictModel):
     name: str
-    source: str = Field("checkpoint", description="where the teacher comes from (registered source)")
-    path: str = Field(description="checkpoint directory, hub id, model name or file; a prefix such as "
-                      "'hf:depth-anything/Depth-Anything-V2-Small-hf' or 'onnx:teacher.onnx' selects the source")
+    source: str | None = Field(None, description="where the teacher comes from (a registered source: polydistill "
+                               "list teachers); default: the path's prefix, else checkpoint")
+    path: str = Field(description="checkpoint directory, hub id, model name, file or python factory; a prefix such "
+                      "as 'hf:depth-anything/Depth-Anything-V2-Small-hf' or 'onnx:teacher.onnx' selects the source "
+                      "(read by polydistill.teachers.parse_source)")
     tasks: list[str] | None = Field(None, description="student tasks it teaches (default: all it can)")
     depth_convention: Literal["metric", "relative", "inverse_relative"] | None = Field(
         None, description="what its depth means (default: the source's own knowledge of the model, else metric)")
     class_map: str | None = Field(None, description="YAML mapping the teacher's classes onto the student's")
     trust_remote_code: bool = Field(False, description="let transformers run code shipped with a hub model")
-    options: dict[str, Any] = Field(default_factory=dict, description="source-specific settings")
-
-    @model_validator(mode="before")
-    @classmethod
-    def _source_from_prefix(cls, data: Any) -> Any:
-        if isinstance(data, dict) and isinstance(data.get("path"), str) and ":" in data["path"]:
-            prefix, rest = data["path"].split(":", 1)
-            if prefix in TEACHER_PREFIXES and not rest.startswith("//"):
-                data = {**data, "source": prefix, "path": rest}
-        return data
+    options: dict[str, Any] = Field(default_factory=dict, description="source-specific settings (typed by the "
+                                    "source's Options)")
 
 
 class CacheConfig(StrictModel):
@@ -288,7 +296,7 @@ def _problem(item: dict[str, Any]) -> str:
     return f"config key '{loc}': {item['msg']}{got}"
 
 
-def _explain(error: ValidationError, source: str, shown: int = 3) -> str:
+def explain_validation_error(error: ValidationError, source: str, shown: int = 3) -> str:
     """Turn pydantic's report into one line: each key, what is wrong with it, the value given or a suggestion
     (the first ``shown`` problems, then how many more there are)."""
     problems = [_problem(item) for item in error.errors()]
@@ -316,7 +324,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
     try:
         return RunConfig.model_validate(plain)
     except ValidationError as exc:
-        raise ConfigError(_explain(exc, source)) from None
+        raise ConfigError(explain_validation_error(exc, source)) from None
 
 
 def dump_config(cfg: RunConfig) -> str:

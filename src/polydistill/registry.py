@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import difflib
 from collections.abc import Callable, Iterator
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
+
+from pydantic import BaseModel, ValidationError
 
 from .errors import ConfigError
 
@@ -21,6 +23,24 @@ def did_you_mean(name: str, choices: list[str] | tuple[str, ...] | set[str]) -> 
     if close:
         return f" — did you mean '{close[0]}'?"
     return f" (choose from: {', '.join(sorted(choices))})"
+
+
+def parse_options(options_cls: type[BaseModel], options: dict[str, Any], where: str) -> Any:
+    """``options_cls(**options)``; a ConfigError naming ``where`` and the option (with a did-you-mean for an
+    unknown key) instead of pydantic's report, so every component's options fail the same way."""
+    try:
+        return options_cls(**options)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        key = ".".join(str(p) for p in first["loc"])
+        if first["type"] == "extra_forbidden":
+            hint = did_you_mean(key, list(options_cls.model_fields))
+            raise ConfigError(f"{where}: unknown option '{key}'{hint}") from None
+        message = first["msg"].removeprefix("Value error, ")
+        if not key:  # a check across options
+            raise ConfigError(f"{where}: {message}") from None
+        got = f" (got {first['input']!r})" if "input" in first and not isinstance(first["input"], dict) else ""
+        raise ConfigError(f"{where}: option '{key}': {message}{got}") from None
 
 
 class Registry(Generic[T]):

@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader
 
 from ..data import FolderDataset
 from ..data.collate import collate, move_batch
+from ..tasks import task_class
 from ..teachers import Teacher
 from .errors import CacheError, CacheMismatch, CacheMissing
 from .format import normalise_fingerprint, read_manifest
@@ -34,18 +35,10 @@ from .writer import CacheWriter
 
 def encodings_for(teachers: list[Teacher], encoding: str = "fp16", semseg_topk: int | None = None
                   ) -> dict[tuple[str, str], Any]:
-    """Depth stays fp16 (int8 steps over a 0.5–20 m range would be centimetres); segmentation logits may keep
-    their top k classes; features and logits follow ``encoding``."""
-    out: dict[tuple[str, str], Any] = {}
-    for teacher in teachers:
-        for task in teacher.tasks:
-            if task == "depth":
-                out[(teacher.name, task)] = "fp16"
-            elif task == "semseg" and semseg_topk:
-                out[(teacher.name, task)] = ("topk", int(semseg_topk))
-            else:
-                out[(teacher.name, task)] = encoding
-    return out
+    """Each task's outputs as its task says (:meth:`~polydistill.tasks.Task.cache_encoding`: depth stays fp16,
+    segmentation logits may keep their top k classes); the rest, features included, follow ``encoding``."""
+    return {(teacher.name, task): task_class(task).cache_encoding(encoding, semseg_topk)
+            for teacher in teachers for task in teacher.tasks}
 
 
 def cache_fingerprint(teachers: list[Teacher], dataset: FolderDataset,

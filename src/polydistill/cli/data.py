@@ -51,6 +51,7 @@ def check(
 
     from ..data.check import check_dataset, write_json
     from ..errors import PolydistillError
+    from ..tasks import TASKS
 
     try:
         with Progress(disable=not progress, transient=True, console=console) as bar:
@@ -77,12 +78,9 @@ def check(
                                                         else f" ({report.checked} checked)"))
         for task, count in report.labels.items():
             summary.add_row(f"{task} labels", str(count))
-        if report.depth:
-            d = report.depth
-            nan = (f"; {d['non_finite_pixels']} NaN/Inf pixels in {d['non_finite_files']} files (ignored as no "
-                   "measurement)" if d.get("non_finite_pixels") else "")
-            span = f"{d['min_m']:.2f}–{d['max_m']:.2f} m"
-            summary.add_row("depth", f"{d['valid_fraction']:.1%} valid pixels, {span}{nan}")
+        for task, values in report.summaries.items():
+            if values:
+                summary.add_row(task, TASKS.get(task).describe_label_summary(values))
         summary.add_row("size mismatches", str(len(report.size_mismatches)))
         summary.add_row("unreadable / invalid files", str(len(report.unreadable)))
         summary.add_row("listing problems", str(len(report.listing)))
@@ -92,7 +90,7 @@ def check(
             hist.add_column("class")
             kinds = list(report.histogram)
             for kind in kinds:
-                hist.add_column("pixels" if kind == "semseg" else "boxes", justify="right")
+                hist.add_column(TASKS.get(kind).histogram_unit, justify="right")
             names = list(dict.fromkeys(n for kind in kinds for n in report.histogram[kind]))
             for name in names:
                 hist.add_row(name, *(str(report.histogram[k].get(name, "")) for k in kinds))

@@ -57,17 +57,21 @@ def friendly_errors(fn):
 @app.command()
 @friendly_errors
 def demo(
-    out: Annotated[Path, typer.Option(help="folder for metrics.json, report.md and the student")] = Path("runs/demo"),
-    preset: Annotated[str, typer.Option(help="quick (about a minute) or default (the full story)")] = "default",
+    out: Annotated[Path, typer.Option(
+        help="folder for metrics.json, report.md, report.html and the student")] = Path("runs/demo"),
+    preset: Annotated[str, typer.Option(
+        help="quick (toy sizes, under two minutes) or default (the full story)")] = "default",
     seed: int = 0,
     workers: Annotated[int | None, typer.Option(help="processes for data generation")] = None,
     progress: bool = True,
     mixed_precision: Annotated[str, typer.Option(help="the students' autocast: no, bf16 or fp16 (GPU)")] = "no",
 ):
-    """Distill a depth teacher and a segmentation teacher into one small student, offline, on built-in data."""
+    """Distill four teachers (depth, a narrow depth, segmentation, detection) into one small student that predicts
+    depth, classes and boxes in one pass, offline, on built-in data; compare it with a label-only student."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from ..demo.story import PRESETS, run_demo
     from ..registry import did_you_mean
+    from ..tasks import TASKS
 
     if preset not in PRESETS:
         raise PolydistillError(f"unknown preset '{preset}'{did_you_mean(preset, list(PRESETS))}")
@@ -75,10 +79,12 @@ def demo(
         raise PolydistillError(f"--mixed-precision is '{mixed_precision}'; choose no, bf16 or fp16")
     metrics = run_demo(out, preset, seed=seed, workers=workers, progress=progress, log=console.print,
                        mixed_precision=mixed_precision)
-    s, st = metrics["speed"], metrics["student"]
+    s = metrics["speed"]
+    primary = [(t, TASKS.get(t).primary_metric, v) for t, v in metrics["student"].items() if t in TASKS]
+    headline = ", ".join(f"{t} {m} {v[m]:.4f}" for t, m, v in primary if m in v)
     console.print(
-        f"[bold green]done[/] in {metrics['wall_s']:.0f} s — student depth AbsRel {st['depth']['abs_rel']:.4f}, "
-        f"mIoU {st['semseg']['miou']:.4f}; Δm vs teachers {metrics['delta_m_vs_teachers']:+.2f} %; "
+        f"[bold green]done[/] in {metrics['wall_s']:.0f} s — student {headline}; "
+        f"Δm vs teachers {metrics['delta_m_vs_teachers']:+.2f} %; "
         f"{s['ratio']:.1f}× faster than the teachers together. Report: {out / 'report.md'}"
     )
 
@@ -95,11 +101,10 @@ def cache(
                                                help="rebuild a stale cache (default) or stop with an error")] = True,
 ):
     """Run the config's teachers once over its training images and store their outputs (train reuses them)."""
-    from ..config import load_config
-    from ..pipeline.train import cache_teachers
+    from .. import api
 
-    cfg = load_config(config, overrides or [])
-    for split, store in cache_teachers(cfg, out, rebuild=auto_rebuild, force=rebuild).items():
+    cfg = api.load_config(config, overrides or [])
+    for split, store in api.cache_teachers(cfg, out, rebuild=auto_rebuild, force=rebuild).items():
         build = store.root / "build.json"
         info = json.loads(build.read_text()) if build.is_file() else {}
         n = len(store)
@@ -120,13 +125,10 @@ def train(
     resume: Annotated[bool, typer.Option(help="continue from OUT/checkpoints/last")] = False,
 ):
     """Train a student (or, with one task and full labels, a teacher) from a config."""
-    from ..config import load_config
-    from ..engine.distributed import rank
-    from ..pipeline.train import train_run
+    from .. import api
 
-    cfg = load_config(config, overrides or [])
-    result = train_run(cfg, out, resume=resume)
-    if rank() == 0:  # under torchrun / accelerate launch, one summary
+    result = api.train(api.load_config(config, overrides or []), out, resume=resume)
+    if result.main_process:  # under torchrun / accelerate launch, one summary
         console.print(f"[bold green]done[/]: {result.fit.steps} steps; best step {result.fit.best_step}; "
                       f"checkpoints in {out / 'checkpoints'}")
         if result.fit.best_metrics:
@@ -162,9 +164,10 @@ def eval_cmd(
     output: Annotated[Path | None, typer.Option(help="write the results as JSON here")] = None,
 ):
     """Metrics of a checkpoint on a split; Δm against an explicit baseline; retention, size and latency."""
-    from ..pipeline.evaluate import evaluate_checkpoint
+    from .. import api
 
-    result = evaluate_checkpoint(checkpoint, data, size=(height, width), baseline=baseline, teachers=teachers or [])
+    result = api.evaluate(checkpoint, data, size=(height, width) if height and width else None, baseline=baseline,
+                          teachers=teachers or [])
     text = json.dumps(result, indent=2)
     if output:
         output.write_text(text)
@@ -203,6 +206,26 @@ def config_cmd(
     sys.stdout.write(dump_config(cfg))
 
 
+@app.command("list")
+@friendly_errors
+def list_cmd(
+    kind: Annotated[str | None, typer.Argument(help="tasks, teachers, weightings or students (default: all but "
+                                                    "students, a long list of timm backbones)")] = None,
+    filter: Annotated[str | None, typer.Option(help="only names containing this text (e.g. mobilenet)")] = None,
+):
+    """List what is registered: tasks, teacher sources (with their path prefix), weighting strategies, student
+    backbones."""
+    from .. import api
+    from ..teachers import describe_sources
+
+    kinds = api.list_components(kind) if kind else {k: v for k, v in api.list_components().items() if k != "students"}
+    sources = {name: f"{prefix:<14} {text}" for name, prefix, text in describe_sources()}
+    for name, items in kinds.items():
+        shown = [i for i in items if not filter or filter in i]
+        lines = [f"  {i:<14} {sources[i]}" if name == "teachers" and i in sources else f"  {i}" for i in shown]
+        sys.stdout.write(f"{name} ({len(shown)}):\n" + "".join(f"{line.rstrip()}\n" for line in lines))
+
+
 @app.command("modules")
 def modules_cmd(
     model: Annotated[str, typer.Argument(help="a polydistill run/checkpoint folder, or timm:<model name>")],
@@ -210,11 +233,13 @@ def modules_cmd(
 ):
     """List the module paths of a model (what recorders and feature distillation can hook)."""
     from ..recorders import module_paths
+    from ..teachers import parse_source
 
-    if model.startswith("timm:"):
+    source, name = parse_source(model)
+    if source == "timm":
         import timm
 
-        net = timm.create_model(model[len("timm:"):], pretrained=False)
+        net = timm.create_model(name, pretrained=False)
     else:
         from ..checkpoint import load_student_model
 

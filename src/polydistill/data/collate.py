@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from ..errors import DataError
+from ..tasks import task_class
 
 
 def _stack(tensors: list[torch.Tensor], what: str) -> torch.Tensor:
@@ -23,10 +24,6 @@ def _stack(tensors: list[torch.Tensor], what: str) -> torch.Tensor:
             "transform with a fixed output size"
         )
     return torch.stack(tensors)
-
-
-#: targets that are boxes ``(M, 5)`` per sample, padded to ``(B, M_max, 5)`` with class −1
-BOX_TARGETS = {"detection"}
 
 
 def pad_boxes(boxes: list[torch.Tensor]) -> torch.Tensor:
@@ -60,7 +57,8 @@ def collate(samples: Sequence[dict]) -> dict:
                 f"({layout} vs {_teacher_layout(sample)}); attach the same teacher outputs to every dataset"
             )
     metas = [s["meta"] for s in samples]
-    boxes = {task for task in tasks if first["targets"][task].ndim == 2 and task in BOX_TARGETS}
+    # box targets (M, 5) per sample are padded to (B, M_max, 5) with class −1
+    boxes = {task for task in tasks if first["targets"][task].ndim == 2 and task_class(task).box_targets}
     batch = {
         "image": _stack([s["image"] for s in samples], "images"),
         "targets": {

@@ -13,7 +13,7 @@ The folder layout (every label folder and every label file is optional)::
                             or COCO's {"annotations": [{"bbox": [x, y, w, h], "category_id": id}, ...]}
       meta/<id>.json        {"intrinsics": 3x3, "domain": "..."}  (other keys are ignored)
 
-A sample is::
+A sample is (with the built-in tasks; each task's class says how its labels are read, resampled and flipped)::
 
     {"image": (3, H, W) float in [0, 1],
      "targets": {"depth": (1, H, W) metres, "semseg": (H, W) long,    # requested tasks only
@@ -26,8 +26,8 @@ Decisions:
 
 * Ids are image file stems, sorted, so index ``i`` is the same image on every machine and in every
   ``Subset``; ``meta["index"]`` is that index.
-* A missing label gives ``valid[task] = False`` and a placeholder (depth zeros, semseg all
-  ``ignore_index``), never a zero label.
+* A missing label gives ``valid[task] = False`` and the task's placeholder (depth zeros, semseg all
+  ``ignore_index``; :meth:`~polydistill.tasks.Task.placeholder_target`), never a zero label.
 * Files that match no image, or have an unsupported extension, are skipped with one warning at
   construction (a typo in a file name would otherwise silently become a missing label).
 * Folders are listed and ``classes.yaml`` is checked eagerly; file contents are read and checked
@@ -50,17 +50,29 @@ from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
 from ..errors import DataError
+from ..tasks import TASKS
 from .layouts import layout_class, open_layout
-from .layouts.base import (
-    DEFAULT_IGNORE_INDEX,
-)
-from .layouts.folder import DEFAULT_TASKS, TASKS, FolderLayout
+from .layouts.base import DEFAULT_IGNORE_INDEX
+from .layouts.folder import FolderLayout
 from .transforms import Resize
 
 if TYPE_CHECKING:
     from ..config import DataConfig
 
 TeacherMaps = dict[str, dict[str, torch.Tensor]]
+
+
+def labelled_tasks() -> tuple[str, ...]:
+    """The registered tasks datasets read labels for."""
+    return tuple(name for name in TASKS if TASKS.get(name).has_labels)
+
+
+def default_tasks() -> tuple[str, ...]:
+    """What a dataset may read when not told: every registered task with dense labels in files of its own
+    (a dataset reads those of them it has)."""
+    return tuple(name for name in labelled_tasks()
+                 if TASKS.get(name).label_folder is not None and not TASKS.get(name).box_targets)
+
 
 class _StackedTeacherOutputs:
     """Indexes ``{teacher: {task: (N, C, h, w)}}`` per sample; a class so DataLoader workers can pickle it."""
@@ -86,7 +98,7 @@ class FolderDataset(torch.utils.data.Dataset):
     def __init__(
         self,
         root: str | Path,
-        tasks: Sequence[str] = DEFAULT_TASKS,
+        tasks: Sequence[str] | None = None,
         *,
         transform: Callable[[dict, np.random.Generator], dict] | None = None,
         ignore_index: int | None = None,
@@ -97,12 +109,17 @@ class FolderDataset(torch.utils.data.Dataset):
         split: str | None = None,
         options: Mapping[str, Any] | None = None,
     ):
+        if tasks is None:  # the dense labels this dataset has (the folder layout: whose folder exists)
+            tasks = [t for t in layout_class(root, format).available_tasks(Path(root)) if t in default_tasks()]
         self.tasks = (tasks,) if isinstance(tasks, str) else tuple(tasks)
-        unknown = [t for t in self.tasks if t not in TASKS]
+        readable = labelled_tasks()
+        unknown = [t for t in self.tasks if t not in readable]
         if unknown:
             raise DataError(
-                f"FolderDataset cannot read task(s) {', '.join(unknown)}; it reads {', '.join(TASKS)}"
+                f"FolderDataset cannot read task(s) {', '.join(unknown)}; it reads {', '.join(readable)}"
             )
+        self._task_classes = {task: TASKS.get(task) for task in self.tasks}
+        self._box_tasks = tuple(task for task, cls in self._task_classes.items() if cls.box_targets)
         self.layout = open_layout(root, self.tasks, format=format, split=split, options=options)
         self.root = self.layout.root
         self.format = self.layout.name
@@ -221,7 +238,7 @@ class FolderDataset(torch.utils.data.Dataset):
         for task in self.tasks:
             labelled = sample_id in self._labelled[task]
             sample["valid"][task] = labelled
-            if task != "detection":  # boxes travel in meta through the transforms (see below)
+            if not self._task_classes[task].box_targets:  # boxes travel in meta through the transforms (see below)
                 sample["targets"][task] = (self.read_target(sample_id, task, size) if labelled
                                            else self._placeholder(task, size))
         if self._resize is not None:
@@ -230,9 +247,9 @@ class FolderDataset(torch.utils.data.Dataset):
             sample["teacher"] = self._teacher_maps(index, tuple(sample["image"].shape[-2:]))
         if self.transform is not None:
             sample = self.transform(sample, np.random.default_rng([self.seed, self._epoch, index]))
-        if "detection" in self.tasks:
+        for task in self._box_tasks:
             meta = sample["meta"]
-            sample["targets"]["detection"] = torch.cat([meta["boxes"], meta["box_labels"].float()[:, None]], dim=1)
+            sample["targets"][task] = torch.cat([meta["boxes"], meta["box_labels"].float()[:, None]], dim=1)
         return sample
 
     def read_target(self, sample_id: str, task: str, size: tuple[int, int]) -> torch.Tensor:
@@ -247,9 +264,7 @@ class FolderDataset(torch.utils.data.Dataset):
         return target
 
     def _placeholder(self, task: str, size: tuple[int, int]) -> torch.Tensor:
-        if task == "depth":
-            return torch.zeros(1, *size)
-        return torch.full(size, self._ignore_index, dtype=torch.int64)
+        return self._task_classes[task].placeholder_target(size, self._ignore_index)
 
     def _meta(self, sample_id: str, index: int) -> dict:
         no_boxes = (torch.zeros(0, 4), torch.zeros(0, dtype=torch.int64))

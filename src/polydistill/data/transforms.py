@@ -22,28 +22,7 @@ from torchvision.transforms.v2 import InterpolationMode
 from torchvision.transforms.v2 import functional as F
 
 from ..errors import DataError
-
-#: Targets resampled with nearest neighbour: blending class ids would invent classes, and blending
-#: depth across an object edge would invent a surface floating between the two. A new task whose
-#: targets must not be blended adds its name here; every other target is resampled bilinearly.
-NEAREST_TARGETS: set[str] = {"semseg", "depth"}
-
-
-#: Teacher maps whose last 4 channels are distances in input pixels from each cell centre to a box's left,
-#: top, right and bottom edges (detection): a flip swaps left and right, a resize scales them.
-DISTANCE_TASKS: set[str] = {"detection"}
-
-DistanceFn = Callable[[torch.Tensor], torch.Tensor]
-
-
-def interpolation_for(group: str, task: str | None = None) -> InterpolationMode:
-    """How to resample a dense map: ``group`` is ``"image"``, ``"target"`` or ``"teacher"``.
-
-    Teacher maps are always bilinear: they are logits or continuous predictions, not labels.
-    """
-    if group == "target" and task in NEAREST_TARGETS:
-        return InterpolationMode.NEAREST_EXACT
-    return InterpolationMode.BILINEAR
+from ..tasks import Task, task_class
 
 
 def _pair(size: int | Sequence[int]) -> tuple[int, int]:
@@ -54,43 +33,41 @@ def _pair(size: int | Sequence[int]) -> tuple[int, int]:
     return int(h), int(w)
 
 
-GridFn = Callable[[torch.Tensor], torch.Tensor]
+def _channels(fn: Callable[[torch.Tensor], torch.Tensor]) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``fn`` for torchvision, which wants a channel axis: ``(H, W)`` label maps get one and lose it again."""
+    return lambda t: fn(t[None])[0] if t.ndim == 2 else fn(t)
 
 
-def _map_dense(sample: dict, fn: Callable[[torch.Tensor, InterpolationMode], torch.Tensor],
-               grid_fn: GridFn | None = None, distance_fn: DistanceFn | None = None) -> dict:
-    """Apply ``fn(map, interpolation)`` to the image and every dense map; returns a new sample.
+#: ``target_fn(task, target)``: the change applied to one target, asking the task's class
+TargetFn = Callable[[type[Task], torch.Tensor], torch.Tensor]
+#: ``teacher_fn(task, map, on_grid)``: the change applied to one teacher map; ``on_grid``: the map is on a coarser
+#: grid than the image (features on a teacher's token grid, detection on its stride grid), so the change applies
+#: in normalised image coordinates
+TeacherFn = Callable[[type[Task], torch.Tensor, bool], torch.Tensor]
 
-    A teacher map on a coarser grid than the image (features on a teacher's token grid, detection on its
-    stride grid) goes through ``grid_fn`` instead, which applies the same geometric change in normalised
-    image coordinates; the box distances of :data:`DISTANCE_TASKS` maps then go through ``distance_fn``.
+
+def _map_dense(sample: dict, image_fn: Callable[[torch.Tensor], torch.Tensor], target_fn: TargetFn,
+               teacher_fn: TeacherFn) -> dict:
+    """Apply one geometric change to the image, every target and every teacher map; returns a new sample.
+
+    Targets must share the image grid; teacher maps may also be on a coarser grid of their own.
     """
     size = sample["image"].shape[-2:]
 
-    def apply(t: torch.Tensor, mode: InterpolationMode, what: str, grid_ok: bool = False) -> torch.Tensor:
-        if t.shape[-2:] != size and grid_ok and grid_fn is not None:
-            return grid_fn(t)
+    def target(task: str, t: torch.Tensor) -> torch.Tensor:
         if t.shape[-2:] != size:
             raise DataError(
-                f"{what} is {tuple(t.shape[-2:])} but the image is {tuple(size)}; every dense map must "
+                f"target '{task}' is {tuple(t.shape[-2:])} but the image is {tuple(size)}; every dense map must "
                 "share the image grid before augmentation"
             )
-        # (H, W) label maps get a channel axis for torchvision and lose it again afterwards.
-        return fn(t[None], mode)[0] if t.ndim == 2 else fn(t, mode)
+        return target_fn(task_class(task), t)
 
     out = dict(sample)
-    out["image"] = fn(sample["image"], interpolation_for("image"))
-    out["targets"] = {
-        task: apply(t, interpolation_for("target", task), f"target '{task}'")
-        for task, t in sample.get("targets", {}).items()
-    }
-    def teacher(t: torch.Tensor, task: str, what: str) -> torch.Tensor:
-        t = apply(t, interpolation_for("teacher", task), what, grid_ok=True)
-        return distance_fn(t) if distance_fn is not None and task in DISTANCE_TASKS else t
-
+    out["image"] = image_fn(sample["image"])
+    out["targets"] = {task: target(task, t) for task, t in sample.get("targets", {}).items()}
     if "teacher" in sample:
         out["teacher"] = {
-            name: {task: teacher(t, task, f"teacher map '{name}/{task}'") for task, t in maps.items()}
+            name: {task: teacher_fn(task_class(task), t, t.shape[-2:] != size) for task, t in maps.items()}
             for name, maps in sample["teacher"].items()
         }
     return out
@@ -121,17 +98,22 @@ def _resize(sample: dict, size: tuple[int, int]) -> dict:
     sy, sx = h / h0, w / w0
     # antialiasing only matters when shrinking, and its kernel is several times slower
     smooth = h < h0 or w < w0
-    def resize(t: torch.Tensor, mode: InterpolationMode) -> torch.Tensor:
-        return F.resize(t, [h, w], interpolation=mode, antialias=smooth and mode == InterpolationMode.BILINEAR)
+
+    def resize(mode: InterpolationMode) -> Callable[[torch.Tensor], torch.Tensor]:
+        antialias = smooth and mode == InterpolationMode.BILINEAR
+        return _channels(lambda t: F.resize(t, [h, w], interpolation=mode, antialias=antialias))
 
     def resize_grid(t: torch.Tensor) -> torch.Tensor:  # the token grid follows the image size
         gh, gw = max(1, round(t.shape[-2] * sy)), max(1, round(t.shape[-1] * sx))
         return F.resize(t, [gh, gw], interpolation=InterpolationMode.BILINEAR, antialias=gh < t.shape[-2])
 
-    def scale_distances(t: torch.Tensor) -> torch.Tensor:
-        return torch.cat([t[:-4], t[-4:] * torch.tensor([sx, sy, sx, sy])[:, None, None]])
+    def target(task: type[Task], t: torch.Tensor) -> torch.Tensor:
+        return task.rescale_target(resize(task.label_interpolation)(t), sx, sy)
 
-    out = _map_dense(sample, resize, resize_grid, scale_distances)
+    def teacher(task: type[Task], t: torch.Tensor, on_grid: bool) -> torch.Tensor:  # logits, predictions: bilinear
+        return task.rescale_teacher_map(resize_grid(t) if on_grid else resize(InterpolationMode.BILINEAR)(t), sx, sy)
+
+    out = _map_dense(sample, resize(InterpolationMode.BILINEAR), target, teacher)
     scale = torch.tensor([sx, sy, sx, sy])
     affine = torch.tensor([[sx, 0.0, 0.5 * sx - 0.5], [0.0, sy, 0.5 * sy - 0.5], [0.0, 0.0, 1.0]])
     return _map_geometry(out, lambda b: b * scale, lambda k: affine.to(k) @ k)
@@ -146,7 +128,9 @@ def _crop(sample: dict, top: int, left: int, height: int, width: int) -> dict:
         size = (max(1, round(height * gy)), max(1, round(width * gx)))
         return roi_align(t[None].float(), box, size, spatial_scale=1.0, sampling_ratio=2, aligned=True)[0]
 
-    out = _map_dense(sample, lambda t, mode: F.crop(t, top, left, height, width), crop_grid)
+    crop = _channels(lambda t: F.crop(t, top, left, height, width))
+    out = _map_dense(sample, crop, lambda task, t: crop(t),
+                     lambda task, t, on_grid: crop_grid(t) if on_grid else crop(t))
     shift = torch.tensor([left, top, left, top], dtype=torch.float32)
     limit = torch.tensor([width, height, width, height], dtype=torch.float32)
     affine = torch.tensor([[1.0, 0.0, -left], [0.0, 1.0, -top], [0.0, 0.0, 1.0]])
@@ -157,10 +141,8 @@ def _crop(sample: dict, top: int, left: int, height: int, width: int) -> dict:
 
 def _hflip(sample: dict) -> dict:
     width = sample["image"].shape[-1]
-    def swap_left_right(t: torch.Tensor) -> torch.Tensor:
-        return torch.cat([t[:-4], t[[-2, -3, -4, -1]]])  # (l, t, r, b) -> (r, t, l, b)
-
-    out = _map_dense(sample, lambda t, mode: F.horizontal_flip(t), F.horizontal_flip, swap_left_right)
+    out = _map_dense(sample, F.horizontal_flip, lambda task, t: task.flip_target(t),
+                     lambda task, t, on_grid: task.flip_teacher_map(t))
 
     def flip_intrinsics(k: torch.Tensor) -> torch.Tensor:
         k = k.clone()

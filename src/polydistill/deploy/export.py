@@ -41,20 +41,13 @@ import torch
 from torch import nn
 
 from ..checkpoint import find_checkpoint, load_student_model
+from ..config import ModelSpec
 from ..errors import ConfigError, PolydistillError
 from ..tasks import Task, task_type
 from .inputs import collect_inputs, load_image, resize_image
 from .runtime import INPUT_NAME, METADATA_KEY, SIDECAR_FORMAT, TaskSpaceModel, ort_session, sidecar_path
 
 OPSET = 17
-
-OUTPUT_MEANINGS = {
-    "depth": "(B, 1, H, W) depth in metres at the input size",
-    "semseg": "(B, C, H, W) class logits at the input size; softmax gives probabilities, argmax class ids",
-    "detection": "(B, C + 4, H/stride, W/stride) on the stride grid: C class heat-maps (probability of an object "
-                 "centre in the cell), then the distances in input pixels from the cell centre to the box's "
-                 "left, top, right and bottom edges; decode by 3x3 peak picking, score threshold and class-wise NMS",
-}
 
 
 def _pool_matrix(n_in, n_out) -> torch.Tensor:
@@ -118,23 +111,23 @@ def exportable_copy(student: nn.Module) -> tuple[nn.Module, list[str]]:
     return model, notes
 
 
-def inference_tasks(spec: dict[str, Any], tasks: dict[str, Task]) -> dict[str, dict[str, Any]]:
+def inference_tasks(spec: ModelSpec, tasks: dict[str, Task]) -> dict[str, dict[str, Any]]:
     """The options that rebuild each deployed task without the checkpoint (detection: its actual stride)."""
     out = {}
     for name, task in tasks.items():
-        opts = dict(spec["tasks"].get(name) or {})
+        opts = dict(spec.tasks.get(name) or {})
         if task.box_targets:
             opts["stride"] = int(task.stride)
         out[name] = opts
     return out
 
 
-def make_sidecar(spec: dict[str, Any], tasks: dict[str, Task], input_size: tuple[int, int],
+def make_sidecar(spec: ModelSpec, tasks: dict[str, Task], input_size: tuple[int, int],
                  checkpoint: Path, notes: list[str]) -> dict[str, Any]:
     outputs = {}
     for name, task in tasks.items():
-        kind = task_type(name, spec["tasks"].get(name))
-        entry: dict[str, Any] = {"task": kind, "meaning": OUTPUT_MEANINGS.get(kind, "task-space output")}
+        kind = task_type(name, spec.tasks.get(name))
+        entry: dict[str, Any] = {"task": kind, "meaning": task.output_meaning}
         if getattr(task, "class_names", None) is not None:
             entry["class_names"] = list(task.class_names)
         if task.box_targets:
@@ -149,7 +142,7 @@ def make_sidecar(spec: dict[str, Any], tasks: dict[str, Task], input_size: tuple
                   "input_size_meaning": "the training size; predict resizes images to it (any size runs)"},
         "outputs": outputs,
         "tasks": inference_tasks(spec, tasks),
-        "model": {k: spec.get(k) for k in ("backbone", "layout", "neck_channels", "head_channels")},
+        "model": {k: getattr(spec, k) for k in ("backbone", "layout", "neck_channels", "head_channels")},
         "checkpoint": str(checkpoint),
         "export_rewrites": notes,
     }
@@ -317,7 +310,7 @@ def export_checkpoint(checkpoint: Path, out: Path, *, images: list[Path] | None 
     student, tasks, spec = load_student_model(directory)
     h, w = size
     if not (h and w):
-        h, w = spec.get("input_size") or (None, None)
+        h, w = spec.input_size or (None, None)
     if not (h and w):
         raise ConfigError(f"{directory} does not record its training size: pass --height and --width")
     input_size = (int(h), int(w))

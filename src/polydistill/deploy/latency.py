@@ -52,14 +52,14 @@ def build_teachers(specs: list[str]) -> dict[str, Any]:
     configs (``onnx:file.onnx``, ``hf:org/model``, ``timm:name``, ``torchvision:name``), optionally named
     ``NAME=...`` (default name: the path's last part)."""
     from ..config import TeacherConfig
-    from ..teachers import build_teacher
+    from ..teachers import build_teacher, parse_source
 
     teachers: dict[str, Any] = {}
     for spec in specs:
         label, sep, rest = spec.partition("=")
         named = bool(sep) and label and not any(c in label for c in "/:\\")
         spec = rest if named else spec
-        base = label if named else Path(spec.split(":", 1)[-1]).name or spec
+        base = label if named else Path(parse_source(spec)[1]).name or spec
         name, k = base, 2
         while name in teachers:
             name, k = f"{base}_{k}", k + 1
@@ -95,7 +95,7 @@ def bench_latency(checkpoint: Path, *, onnx: Path | None = None, teachers: list[
     with tempfile.TemporaryDirectory() as tmp:
         if onnx is None:
             onnx = Path(tmp) / "student.onnx"
-            size = tuple(spec.get("input_size") or sizes[0])
+            size = tuple(spec.input_size or sizes[0])
             exportable, notes = exportable_copy(student)
             export_onnx(TaskSpaceModel(exportable, tasks).eval(), onnx, size,
                         make_sidecar(spec, tasks, size, Path(checkpoint), notes))

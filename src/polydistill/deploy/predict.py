@@ -44,7 +44,6 @@ from ..checkpoint import load_student_model
 from ..errors import ConfigError, DataError
 from ..reporting.panels import image_to_uint8
 from ..tasks import Task
-from ..tasks.depth import DepthTask
 from ..tasks.detection import box_median_depth
 from .inputs import collect_inputs, load_image, resize_image
 from .runtime import INPUT_NAME, TaskSpaceModel, ort_session, read_sidecar, tasks_from_sidecar
@@ -72,7 +71,7 @@ class TorchPredictor(Predictor):
 
         student, self.tasks, spec = load_student_model(checkpoint)
         self.model = TaskSpaceModel(student, self.tasks).eval()
-        size = spec.get("input_size")
+        size = spec.input_size
         self.input_size = tuple(size) if size else None
 
     @torch.no_grad()
@@ -121,17 +120,14 @@ def load_predictor(model: Path, size: tuple[int | None, int | None] = (None, Non
 @dataclass
 class Prediction:
     """One image's prediction: task-space outputs at the model's resolution, dense maps at the image's, boxes in
-    the image's pixels."""
+    the image's pixels, and the distance map in metres when a task gives one (:attr:`Task.gives_distance`)."""
 
     image: torch.Tensor
     outputs: dict[str, torch.Tensor]
     maps: dict[str, torch.Tensor]
     boxes: dict[str, tuple[torch.Tensor, torch.Tensor, torch.Tensor]]
     model_s: float
-
-    @property
-    def depth(self) -> torch.Tensor | None:
-        return self.maps.get("depth")
+    distance: torch.Tensor | None = None
 
 
 def predict_one(predictor: Predictor, image: torch.Tensor) -> Prediction:
@@ -149,10 +145,12 @@ def predict_one(predictor: Predictor, image: torch.Tensor) -> Prediction:
             boxes[name] = (b * scale, s, labels)
         else:
             maps[name] = F.interpolate(out, size=size, mode="bilinear", align_corners=False)[0]
-    return Prediction(image, {n: v[0] for n, v in outputs.items()}, maps, boxes, model_s)
+    distance = next((maps[n] for n, t in predictor.tasks.items() if t.gives_distance and n in maps), None)
+    return Prediction(image, {n: v[0] for n, v in outputs.items()}, maps, boxes, model_s, distance)
 
 
 def detection_records(task: Task, boxes, depth: torch.Tensor | None) -> list[dict[str, Any]]:
+    """The boxes as JSON records, with the median distance inside each when a ``depth`` map (metres) is given."""
     records = []
     for box, score, label in zip(*(v.tolist() for v in boxes)):
         record = {"box": [round(v, 1) for v in box], "class": task.class_names[label], "score": round(score, 4)}
@@ -163,16 +161,18 @@ def detection_records(task: Task, boxes, depth: torch.Tensor | None) -> list[dic
     return records
 
 
-def task_picture(task: Task, name: str, pred: Prediction, depth_range: tuple[float, float] | None = None) -> np.ndarray:
-    """The picture of one task: colour-mapped depth, classes over the image, or labelled boxes over it."""
+def task_picture(task: Task, name: str, pred: Prediction,
+                 value_range: tuple[float, float] | None = None) -> np.ndarray:
+    """The picture of one task: boxes over the image (labelled with their distance when the model gives one),
+    labels over the image, or a colour-mapped map (on ``value_range`` when given, see :meth:`Task.colour_range`)."""
     if task.box_targets:
         b, s, labels = pred.boxes[name]
         shown = s >= DRAW_SCORE
-        return task.draw(pred.image, b[shown], labels[shown], s[shown], pred.depth)
+        return task.draw(pred.image, b[shown], labels[shown], s[shown], pred.distance)
     if task.target_is_label:
         return task.visualise(pred.maps[name], image=pred.image)
-    if isinstance(task, DepthTask) and depth_range is not None:
-        return task.visualise(pred.maps[name], vmin=depth_range[0], vmax=depth_range[1])
+    if value_range is not None:
+        return task.visualise(pred.maps[name], vmin=value_range[0], vmax=value_range[1])
     return task.visualise(pred.maps[name])
 
 
@@ -184,38 +184,30 @@ def write_outputs(predictor: Predictor, pred: Prediction, stem: Path, *, raw: bo
         if raw:
             np.save(stem.with_name(f"{prefix}{name}.npy"), pred.outputs[name].numpy().astype(np.float32))
         if task.box_targets:
-            records = detection_records(task, pred.boxes[name], pred.depth)
+            records = detection_records(task, pred.boxes[name], pred.distance)
             stem.with_name(f"{prefix}{name}.json").write_text(json.dumps({"detections": records}, indent=1))
-        elif isinstance(task, DepthTask):
-            mm = (pred.maps[name][0].clamp(0, 65.535) * 1000).round().to(torch.int32).numpy().astype(np.uint16)
-            Image.fromarray(mm).save(stem.with_name(f"{prefix}depth.png"))
-        elif task.target_is_label:
-            ids = pred.maps[name].argmax(0).to(torch.uint8).numpy()
-            Image.fromarray(ids).save(stem.with_name(f"{prefix}{name}.png"))
+        elif (label := task.prediction_png(pred.maps[name])) is not None:
+            Image.fromarray(label).save(stem.with_name(f"{prefix}{name}.png"))
         if pictures:
             side_by_side = np.concatenate([image_to_uint8(pred.image), task_picture(task, name, pred)], axis=1)
             Image.fromarray(side_by_side).save(stem.with_name(f"{prefix}{name}_vis.png"))
 
 
-def video_mosaic(predictor: Predictor, pred: Prediction, depth_range: tuple[float, float] | None) -> np.ndarray:
-    """One video frame: the frame (with boxes when the model detects) beside each dense task's picture."""
-    detection = [n for n, t in predictor.tasks.items() if t.box_targets]
-    first = (task_picture(predictor.tasks[detection[0]], detection[0], pred) if detection
-             else image_to_uint8(pred.image))
-    tiles = [first] + [task_picture(t, n, pred, depth_range) for n, t in predictor.tasks.items() if not t.box_targets]
+def video_mosaic(predictor: Predictor, pred: Prediction,
+                 ranges: dict[str, tuple[float, float] | None]) -> np.ndarray:
+    """One video frame: the frame (with boxes when the model detects) beside each dense task's picture, coloured
+    on the video's ``ranges`` (task -> value range)."""
+    boxed = [n for n, t in predictor.tasks.items() if t.box_targets]
+    first = task_picture(predictor.tasks[boxed[0]], boxed[0], pred) if boxed else image_to_uint8(pred.image)
+    tiles = [first] + [task_picture(t, n, pred, ranges.get(n)) for n, t in predictor.tasks.items()
+                       if not t.box_targets]
     return np.concatenate(tiles, axis=1)
 
 
-def _depth_range(pred: Prediction, task: Task | None) -> tuple[float, float] | None:
-    """The colour range of a video's depth: the task's ``vis_range``, else the first frame's 2nd-98th percentile
-    (frames then share one scale and colours do not flicker)."""
-    if task is None or pred.depth is None:
-        return None
-    if getattr(task, "vis_range", None):
-        return tuple(task.vis_range)
-    d = pred.depth.numpy()
-    d = d[np.isfinite(d) & (d > 0)]
-    return tuple(float(v) for v in np.percentile(d, [2, 98])) if d.size else None
+def _video_ranges(predictor: Predictor, pred: Prediction) -> dict[str, tuple[float, float] | None]:
+    """The colour range of each dense map of a video, from its first frame (:meth:`Task.colour_range`, robust:
+    depth's ``vis_range``, else the 2nd-98th percentile), so that frames share one scale and do not flicker."""
+    return {n: t.colour_range(pred.maps[n], robust=True) for n, t in predictor.tasks.items() if n in pred.maps}
 
 
 def _import_cv2():
@@ -258,7 +250,7 @@ def predict_video(predictor: Predictor, path: Path, out: Path, stem: str, *, vid
         frames_dir = out / f"{stem}_frames"
         if video_frames:
             frames_dir.mkdir(exist_ok=True)
-        depth_range, depth_task = None, predictor.tasks.get("depth")
+        ranges: dict[str, tuple[float, float] | None] = {}
         frames, model_s = 0, 0.0
         t0 = time.perf_counter()
         while True:
@@ -269,8 +261,8 @@ def predict_video(predictor: Predictor, path: Path, out: Path, stem: str, *, vid
             pred = predict_one(predictor, image)
             model_s += pred.model_s
             if frames == 0:
-                depth_range = _depth_range(pred, depth_task)
-            mosaic = video_mosaic(predictor, pred, depth_range)
+                ranges = _video_ranges(predictor, pred)
+            mosaic = video_mosaic(predictor, pred, ranges)
             if writer is None:
                 writer, target = _open_writer(out / f"{stem}_pred.mp4", fps, (mosaic.shape[1], mosaic.shape[0]))
             writer.write(cv2.cvtColor(mosaic, cv2.COLOR_RGB2BGR))

@@ -30,7 +30,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from torch.utils.data import DataLoader, Dataset
 
 from ..checkpoint import load_training_state, load_weights, recover_checkpoint, save_checkpoint
-from ..config import TrainConfig
+from ..config import ModelSpec, TrainConfig
 from ..data.collate import collate, move_batch
 from ..distill.objective import Objective
 from ..distill.trajectory import KnowledgeTrajectory
@@ -100,7 +100,7 @@ def term_key(task: str, source: str) -> str:
 
 
 class Trainer:
-    def __init__(self, *, model: torch.nn.Module, spec: dict[str, Any], tasks: dict[str, Task],
+    def __init__(self, *, model: torch.nn.Module, spec: ModelSpec, tasks: dict[str, Task],
                  objective: Objective, weighting: Weighting, train_set: Dataset, val_set: Dataset | None,
                  cfg: TrainConfig, batch_size: int, num_workers: int, run_dir: Path,
                  online_teachers: list[Teacher] | None = None, accelerator: Accelerator | None = None,

@@ -26,7 +26,7 @@ def evaluate_checkpoint(checkpoint: Path, data: Path, *, size: tuple[int | None,
     model, tasks, spec = load_student_model(checkpoint)
     h, w = size
     if h is None or w is None:
-        h, w = spec.get("input_size", (None, None))
+        h, w = spec.input_size or (None, None)
     image_size = (h, w) if h and w else None
     dataset = FolderDataset(data, tuple(tasks), image_size=image_size)
     device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from torch.utils.data import Dataset, Subset
 
 from ..cache import TeacherCache, cache_slot, open_or_build_cache
 from ..checkpoint import find_checkpoint, load_matching_weights
-from ..config import RunConfig, save_config
+from ..config import ModelSpec, RunConfig, save_config
 from ..data import FolderDataset, build_train_transform, check_labels, open_dataset
 from ..distill import Objective
 from ..distill.trajectory import KnowledgeTrajectory
@@ -31,7 +32,7 @@ from ..evaluation.evaluate import cached_predictor, evaluate
 from ..registry import did_you_mean
 from ..students import build_student
 from ..tasks import TASKS, task_type
-from ..teachers import TEACHER_SOURCES, Teacher, build_teacher
+from ..teachers import TEACHER_SOURCES, Teacher, parse_source, resolve_teachers
 
 
 class LabelledSubset(Subset):
@@ -45,7 +46,11 @@ class LabelledSubset(Subset):
 class RunResult:
     run_dir: Path
     fit: FitResult
-    spec: dict[str, Any]
+    spec: ModelSpec
+    #: whether this process writes the run's files (rank 0 under torchrun)
+    main_process: bool = True
+    #: ``train.report``: the caller writes ``report.html`` (training never imports reporting)
+    report: bool = False
 
 
 def labelled_tasks(cfg: RunConfig) -> tuple[str, ...]:
@@ -53,51 +58,29 @@ def labelled_tasks(cfg: RunConfig) -> tuple[str, ...]:
     return tuple(n for n, opts in cfg.tasks.items() if TASKS.get(task_type(n, opts)).has_labels)
 
 
+def task_classes(cfg: RunConfig, dataset: FolderDataset) -> dict[str, list[str]]:
+    """``{task: class names}`` for the tasks with classes (their own ``class_names``, else the dataset's): what
+    teachers need to map their classes onto the student's."""
+    return {name: list(opts.get("class_names") or dataset.class_names) for name, opts in cfg.tasks.items()
+            if TASKS.get(task_type(name, opts)).target_is_label}
+
+
 def resolve_task_options(cfg: RunConfig, dataset: FolderDataset,
                          teachers: list[Teacher] = ()) -> dict[str, dict[str, Any]]:
-    """Fill task options the data and the teachers already know (classes, ignore index, feature channels)."""
-    tasks = {name: dict(opts) for name, opts in cfg.tasks.items()}
-    for name, opts in tasks.items():
-        if TASKS.get(task_type(name, opts)).has_labels:
-            continue
-        given = {t.name: t.feature_channels[name] for t in teachers if name in t.feature_channels}
-        if not given:
-            raise ConfigError(f"features task '{name}' has no teacher: add a feature teacher with tasks: [{name}]")
-        if len(set(given.values())) > 1 or opts.get("channels", next(iter(given.values()))) not in given.values():
-            raise ConfigError(f"features task '{name}': its teachers give {given} channels and the task says "
-                              f"{opts.get('channels')}; one features task per teacher representation (or equal "
-                              f"channels), and leave tasks.{name}.channels unset to take the teacher's")
-        opts["channels"] = next(iter(given.values()))
-    if "semseg" in tasks:
-        opts = tasks["semseg"]
-        if "num_classes" in opts and opts["num_classes"] != dataset.num_classes:
-            raise ConfigError(
-                f"tasks.semseg.num_classes is {opts['num_classes']} but {cfg.data.train}/classes.yaml lists "
-                f"{dataset.num_classes} classes; remove the option or fix classes.yaml"
-            )
-        opts.setdefault("num_classes", dataset.num_classes)
-        opts.setdefault("class_names", list(dataset.class_names))
-        opts.setdefault("ignore_index", dataset.ignore_index)
-    if "detection" in tasks:
-        opts = tasks["detection"]
-        names = list(dataset.class_names)
-        opts.setdefault("class_names", list(dataset.box_class_names))
-        unknown = [n for n in opts["class_names"] if n not in names]
-        if unknown:
-            raise ConfigError(f"tasks.detection.class_names has {unknown}, which {cfg.data.train}/classes.yaml does "
-                              f"not list ({names}); detection classes are a subset of the dataset's classes")
-        opts.setdefault("num_classes", len(opts["class_names"]))
-        opts.setdefault("source_ids", [names.index(n) for n in opts["class_names"]])
-    return tasks
+    """Every task fills the options the data and the teachers already know (classes, ignore index, feature
+    channels): :meth:`Task.resolve_options`."""
+    return {name: TASKS.get(task_type(name, opts)).resolve_options(name, dict(opts), dataset, teachers)
+            for name, opts in cfg.tasks.items()}
 
 
-def model_spec(cfg: RunConfig, task_options: dict[str, dict[str, Any]]) -> dict[str, Any]:
+def model_spec(cfg: RunConfig, task_options: dict[str, dict[str, Any]]) -> ModelSpec:
     """What rebuilds the network (stored beside every checkpoint); ``input_size`` is the training size."""
-    return {"tasks": task_options, **cfg.student.model_dump(), "input_size": [cfg.data.height, cfg.data.width]}
+    return ModelSpec(tasks=task_options, **cfg.student.model_dump(), input_size=(cfg.data.height, cfg.data.width))
 
 
-def check_names(cfg: RunConfig) -> None:
-    """Fail fast on unknown component names, before data or models are touched."""
+def check_names(cfg: RunConfig, teachers: Sequence[Teacher] = ()) -> None:
+    """Fail fast on unknown component names, before data or models are touched (``teachers``: Python teachers
+    given besides the config's)."""
     for name, opts in cfg.tasks.items():
         kind = task_type(name, opts)
         if TASKS.get(kind).has_labels and kind != name:
@@ -110,7 +93,7 @@ def check_names(cfg: RunConfig) -> None:
         strategy = getattr(cfg.distill, key)
         parse_options(registry.get(strategy.name).Options, strategy.options, f"distill.{key} '{strategy.name}'")
     for t in cfg.teachers:
-        TEACHER_SOURCES.get(t.source)
+        TEACHER_SOURCES.get(parse_source(t.path, t.source)[0])
         for task in t.tasks or []:
             if task not in cfg.tasks:
                 raise ConfigError(
@@ -124,15 +107,16 @@ def check_names(cfg: RunConfig) -> None:
         require_tensorboard()
     if cfg.train.mixed_precision == "fp16" and not torch.cuda.is_available():
         raise ConfigError("train.mixed_precision=fp16 needs a GPU; on the CPU use bf16 or 'no'")
-    names = [t.name for t in cfg.teachers]
-    pairs = [f"{task}/{t.name}" for t in cfg.teachers for task in (t.tasks or [])]
+    names = [t.name for t in cfg.teachers] + [t.name for t in teachers]
+    pairs = ([f"{task}/{t.name}" for t in cfg.teachers for task in (t.tasks or [])]
+             + [f"{task}/{t.name}" for t in teachers for task in t.tasks])
     for key in list(cfg.distill.teacher_weights):
         if key not in names and key not in pairs:
             raise ConfigError(f"distill.teacher_weights has unknown teacher '{key}' (a teacher name, or task/teacher "
                               f"for one term){did_you_mean(key, names + pairs)}")
     for name, opts in cfg.tasks.items():
         by = (opts or {}).get("weight_by")
-        if by is not None and task_type(by, cfg.tasks.get(by)) != "detection":
+        if by is not None and (by not in cfg.tasks or not TASKS.get(task_type(by, cfg.tasks[by])).box_targets):
             raise ConfigError(f"tasks.{name}.weight_by is '{by}': it must name the config's detection task")
 
 
@@ -146,7 +130,7 @@ def build_datasets(cfg: RunConfig) -> tuple[Dataset, FolderDataset, FolderDatase
     val = open_dataset(cfg.data, "val", tasks, image_size=size) if cfg.data.val else None
     if val is not None and val.root.resolve() == plain.root.resolve():
         raise ConfigError("data.val is the training folder: validation must use images the student never trains on")
-    if val is not None and {"semseg", "detection"} & set(tasks) and val.class_names != plain.class_names:
+    if val is not None and any(TASKS.get(t).target_is_label for t in tasks) and val.class_names != plain.class_names:
         raise ConfigError(f"data.val has the classes {list(val.class_names)[:6]}... but data.train has "
                           f"{list(plain.class_names)[:6]}...; both sets must use the same class list")
     return train, plain, val
@@ -166,23 +150,17 @@ def teacher_cache(cfg: RunConfig, teachers: list[Teacher], dataset: FolderDatase
 
 
 def cache_teachers(cfg: RunConfig, root: str | Path | None = None, *, rebuild: bool | None = None,
-                   force: bool = False) -> dict[str, TeacherCache]:
+                   force: bool = False, teachers: Sequence[Teacher] = ()) -> dict[str, TeacherCache]:
     """``polydistill cache``: build (or check) the teacher-output caches ``train`` would use for ``cfg``:
     ``{"train": ...}``, plus ``"val"`` when the teacher weighting scores the teachers on validation."""
-    check_names(cfg)
-    if not cfg.teachers:
+    check_names(cfg, teachers)
+    if not cfg.teachers and not teachers:
         raise ConfigError("the config has no teachers: there is nothing to cache")
     root = Path(root or cfg.distill.teacher_cache or "")
     if not str(root) or str(root) == ".":
         raise ConfigError("set distill.teacher_cache in the config or pass --out: where the cache should live")
     _, plain, _ = build_datasets(cfg)
-    student_classes = None
-    if "semseg" in cfg.tasks:
-        student_classes = cfg.tasks["semseg"].get("class_names") or list(plain.class_names)
-    detection_classes = None
-    if "detection" in cfg.tasks:
-        detection_classes = cfg.tasks["detection"].get("class_names") or list(plain.class_names)
-    teachers = [build_teacher(t, student_classes, detection_classes) for t in cfg.teachers]
+    teachers = resolve_teachers(cfg.teachers, teachers, task_classes(cfg, plain))
     cfg = cfg.model_copy(deep=True)
     cfg.distill.teacher_cache = str(root)
     folders = {"train": plain}
@@ -242,9 +220,11 @@ def teacher_validation_metrics(teachers: list[Teacher], tasks: dict, cfg: RunCon
     return out
 
 
-def train_run(cfg: RunConfig, run_dir: str | Path, *, resume: bool = False,
-              stop_at_step: int | None = None) -> RunResult:
-    check_names(cfg)
+def train_run(cfg: RunConfig, run_dir: str | Path, *, resume: bool = False, stop_at_step: int | None = None,
+              teachers: Sequence[Teacher] = ()) -> RunResult:
+    """Train into ``run_dir`` (checkpoints, logs, ``summary.json``). ``teachers``: :class:`Teacher` instances
+    used besides the config's (Python teachers); their names must differ from the config's."""
+    check_names(cfg, teachers)
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     # one process per device under torchrun / accelerate launch: rank 0 writes files and builds the teacher
@@ -256,13 +236,7 @@ def train_run(cfg: RunConfig, run_dir: str | Path, *, resume: bool = False,
     set_seed(cfg.train.seed)  # Python, NumPy and torch (and CUDA): a run is a function of its config
 
     train_set, plain_train, val_set = build_datasets(cfg)
-    student_classes = None
-    if "semseg" in cfg.tasks:
-        student_classes = cfg.tasks["semseg"].get("class_names") or list(plain_train.class_names)
-    detection_classes = None
-    if "detection" in cfg.tasks:
-        detection_classes = cfg.tasks["detection"].get("class_names") or list(plain_train.class_names)
-    teachers: list[Teacher] = [build_teacher(t, student_classes, detection_classes) for t in cfg.teachers]
+    teachers: list[Teacher] = resolve_teachers(cfg.teachers, teachers, task_classes(cfg, plain_train))
     task_options = resolve_task_options(cfg, plain_train, teachers)
     spec = model_spec(cfg, task_options)
     model, tasks = build_student(spec)
@@ -328,20 +302,4 @@ def train_run(cfg: RunConfig, run_dir: str | Path, *, resume: bool = False,
     }
     if main:
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    if cfg.train.report and main:
-        write_run_report(run_dir)
-    return RunResult(run_dir=run_dir, fit=fit, spec=spec)
-
-
-def write_run_report(run_dir: Path) -> Path | None:
-    """``RUN_DIR/report.html`` after training. Kept cheap: the student and the ground truth on four validation
-    images, no teacher forward (``polydistill report RUN_DIR`` draws the teachers too). The run is saved by
-    then, so a failure here is reported and does not fail the run."""
-    from ..reporting.html import write_html_report
-
-    try:
-        return write_html_report(run_dir, teachers=False)
-    except Exception as exc:  # noqa: BLE001 - the checkpoints and logs are written; only the page is missing
-        print(f"warning: {run_dir / 'report.html'} was not written ({type(exc).__name__}: {exc}); "
-              f"retry with `polydistill report {run_dir}`", flush=True)
-        return None
+    return RunResult(run_dir=run_dir, fit=fit, spec=spec, main_process=main, report=cfg.train.report)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,16 +22,31 @@ import torch  # noqa: E402
 import yaml  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
+from ..checkpoint import load_student_model  # noqa: E402
 from ..data import FolderDataset  # noqa: E402
 from ..engine.logging import read_steps  # noqa: E402
+from ..evaluation.evaluate import student_predictor  # noqa: E402
+from ..tasks import TASKS, Task  # noqa: E402
+from ..teachers import CheckpointTeacher  # noqa: E402
 from .panels import image_to_uint8, panel  # noqa: E402
 
 DPI = 110
-#: the tasks a sample grid can draw (features tasks have no picture to compare with a label)
-DRAWN_TASKS = ("depth", "semseg", "detection")
 
 
-def _fmt(v: float) -> str:
+def drawn_tasks(tasks: Mapping[str, Task]) -> list[str]:
+    """The tasks a sample grid draws, in their order: those with labels (a features task has no picture to
+    compare with a label)."""
+    return [name for name, task in tasks.items() if task.has_labels]
+
+
+def primary_panels(task_names: Sequence[str]) -> list[tuple[str, str]]:
+    """``(task, primary metric)`` of each named task that has one, in the given order (a features task, whose
+    name need not be a task type, has none)."""
+    return [(t, TASKS.get(t).primary_metric) for t in task_names if t in TASKS and TASKS.get(t).primary_metric]
+
+
+def format_number(v: float) -> str:
+    """Four decimals, one for large values (RMSE in millimetres, parameter counts)."""
     return f"{v:.4f}" if abs(v) < 100 else f"{v:.1f}"
 
 
@@ -113,9 +129,6 @@ def read_validation(run: Path) -> list[dict[str, Any]]:
     return [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()]
 
 
-PRIMARY_PANELS = (("depth", "abs_rel"), ("semseg", "miou"), ("detection", "map50"))
-
-
 def validation_figure(runs: dict[str, Path], panels: list[tuple[str, str]] | None = None,
                       columns: int = 3, directions: dict[str, bool] | None = None) -> Figure | None:
     """Validation metrics over training (validation split, never the training images), one panel per
@@ -123,8 +136,8 @@ def validation_figure(runs: dict[str, Path], panels: list[tuple[str, str]] | Non
     better) adds ↑ or ↓ to the titles. None when no run has a record."""
     records_by_run = {name: read_validation(run) for name, run in runs.items()}
     if panels is None:
-        seen = {t for records in records_by_run.values() for r in records for t in r.get("metrics", {})}
-        panels = [(t, m) for t, m in PRIMARY_PANELS if t in seen]
+        seen = dict.fromkeys(t for records in records_by_run.values() for r in records for t in r.get("metrics", {}))
+        panels = primary_panels(list(seen))
     if not panels or not any(records_by_run.values()):
         return None
     nrows = -(-len(panels) // columns)
@@ -211,7 +224,7 @@ def plot_weights(run_dir: Path, out_png: Path) -> Path | None:
     return None if fig is None else save_figure(fig, out_png)
 
 
-def _strategy_names(run_dir: Path) -> tuple[str, str]:
+def strategy_names(run_dir: Path) -> tuple[str, str]:
     """``distill.teacher_weighting.name`` and ``distill.task_weighting.name`` from ``run_dir/config.yaml``."""
     try:
         distill = (yaml.safe_load((run_dir / "config.yaml").read_text()) or {}).get("distill") or {}
@@ -234,36 +247,24 @@ def _no_label_panel(shape: tuple[int, int]) -> np.ndarray:
     return pic
 
 
-def _detection_panel(task, value: torch.Tensor, image: torch.Tensor) -> np.ndarray:
-    """Boxes drawn over the image enlarged to about 256 pixels wide (at most 4×), so that the class and score
-    labels (a fixed-size bitmap font) stay readable on small images; GT ``(M, 5)`` or a predicted map."""
-    scale = int(min(4, max(1, round(256 / image.shape[-1]))))
-    big = torch.nn.functional.interpolate(image[None], scale_factor=scale, mode="bilinear")[0]
-    value = torch.as_tensor(value).detach().cpu().float()
-    if value.dim() == 3:  # a predicted map on the stride grid
-        boxes, scores, labels = task.decode(value[None], score_threshold=0.3)[0]
-    else:  # ground-truth boxes [x0, y0, x1, y1, dataset class id]
-        value = value[value[:, 4] >= 0]
-        labels = task.task_labels(value)
-        boxes, labels, scores = value[labels >= 0, :4], labels[labels >= 0], None
-    return task.draw(big, boxes * scale, labels, scores)
-
-
 @torch.no_grad()
 def samples_figure(data: FolderDataset, predictors: dict[str, tuple[Any, dict]], *, count: int = 4,
                    tasks: tuple[str, ...] | None = None, reference: str = "student",
-                   relative_depth: tuple[str, ...] = ()) -> Figure:
+                   relative: Mapping[str, Sequence[str]] | None = None) -> Figure:
     """Grid: per row one image of ``data``; columns: the input, then for every task its ground truth and
     each predictor's output.
 
     ``predictors``: name -> (images ``(B, 3, H, W)`` -> ``{task: task-space output}``, ``{task: Task}``);
-    ``reference`` names the predictor whose task objects draw the ground truth. Depth is coloured on the
-    range of the ground truth (else of the reference's prediction), except for the predictors named in
-    ``relative_depth`` (depth up to scale and shift), which use their own range. An image without a label
-    for a task shows a grey crossed panel in its ground-truth column.
+    ``reference`` names the predictor whose task objects draw the ground truth. A task with a colour range
+    (:meth:`Task.colour_range`: depth) is coloured on the range of the row's ground truth (else of the
+    reference's prediction), except for the predictors that ``relative`` (task -> predictor names) names for
+    it: their output is up to scale and shift (relative depth) and uses its own range. An image without a
+    label for a task shows a grey crossed panel in its ground-truth column.
     """
     ref_tasks = predictors[reference][1]
-    shown = [t for t in (tasks or DRAWN_TASKS) if t in ref_tasks and t in DRAWN_TASKS and t in data.tasks]
+    relative = relative or {}
+    shown = [t for t in (tasks or drawn_tasks(ref_tasks)) if t in ref_tasks and ref_tasks[t].has_labels
+             and t in data.tasks]
     columns: list[tuple[str, str, str]] = [("input", "", "")]
     for task in shown:
         columns.append((f"GT {task}", "gt", task))
@@ -282,12 +283,8 @@ def samples_figure(data: FolderDataset, predictors: dict[str, tuple[Any, dict]],
         sample = data[row * max(1, len(data) // count)]
         image = sample["image"]
         preds = {who: fn(image[None]) for who, (fn, _) in predictors.items() if who in active}
-        vmin = vmax = None
-        if "depth" in shown:
-            ref = sample["targets"]["depth"] if sample["valid"].get("depth") else preds[reference]["depth"][0]
-            valid = ref[torch.isfinite(ref) & (ref > 0)]
-            if valid.numel():
-                vmin, vmax = float(valid.min()), float(valid.max())
+        ranges = {task: ref_tasks[task].colour_range(sample["targets"][task] if sample["valid"].get(task)
+                                                     else preds[reference][task][0]) for task in shown}
         for col, (title, who, task) in enumerate(columns):
             ax = axes[row, col]
             if who == "":
@@ -297,11 +294,9 @@ def samples_figure(data: FolderDataset, predictors: dict[str, tuple[Any, dict]],
             else:
                 tasks_of = predictors[reference if who == "gt" else who][1]
                 value = sample["targets"][task] if who == "gt" else preds[who][task][0]
-                kw = {"vmin": vmin, "vmax": vmax} if task == "depth" and who not in relative_depth else {}
-                if task == "detection":
-                    pic = _detection_panel(tasks_of[task], value, image)
-                else:
-                    pic = panel(tasks_of[task], value, image if tasks_of[task].target_is_label else None, **kw)
+                shared = ranges[task] is not None and who not in relative.get(task, ())
+                kw = {"vmin": ranges[task][0], "vmax": ranges[task][1]} if shared else {}
+                pic = panel(tasks_of[task], value, image, **kw)
             ax.imshow(pic)
             ax.set_xticks([])
             ax.set_yticks([])
@@ -312,8 +307,8 @@ def samples_figure(data: FolderDataset, predictors: dict[str, tuple[Any, dict]],
 
 def plot_samples(test_dir: Path, predictors: dict[str, tuple[Any, dict]], path: Path, image_size,
                  count: int = 4) -> None:
-    """Grid: input, ground truth and every model's depth, segmentation and boxes for a few test images."""
-    shown = [t for t in DRAWN_TASKS if t in predictors["student"][1]]
+    """Grid: input, ground truth and every model's output of every drawn task for a few test images."""
+    shown = drawn_tasks(predictors["student"][1])
     data = FolderDataset(test_dir, shown, image_size=image_size)
     save_figure(samples_figure(data, predictors, count=count), path)
 
@@ -324,20 +319,34 @@ def _metric_table(metrics: dict[str, Any], task: str, keys: list[str]) -> list[s
     entries += [("**distilled student**", metrics["student"][task]),
                 ("label-only student", metrics["label_only"][task])]
     for name, values in entries:
-        rows.append(f"| {name} | " + " | ".join(_fmt(values[k]) if k in values else "n/a" for k in keys) + " |")
+        cells = (format_number(values[k]) if k in values else "n/a" for k in keys)
+        rows.append(f"| {name} | " + " | ".join(cells) + " |")
     return rows
 
 
-def write_demo_report(out: Path, metrics: dict[str, Any], test_dir: Path, teacher_runs: dict[str, Path]) -> Path:
-    from ..checkpoint import load_student_model
-    from ..evaluation.evaluate import student_predictor
-    from ..teachers import CheckpointTeacher
+def _task_sections(metrics: dict[str, Any], tasks: Mapping[str, Task]) -> list[str]:
+    """Per task in the student's test metrics: its core metrics and its per-class metrics, as the task says."""
+    lines: list[str] = []
+    for name, values in metrics["student"].items():
+        task = tasks.get(name)
+        if task is None or not task.report_metrics:
+            continue
+        lines += [f"## {task.title or name} (test split)", "", *_metric_table(metrics, name, list(task.report_metrics)),
+                  ""]
+        if task.per_class_prefix:
+            classes = sorted(k for k in values if k.startswith(task.per_class_prefix))
+            lines += [f"### Per-class {task.per_class_prefix.rstrip('/')}", "", *_metric_table(metrics, name, classes),
+                      ""]
+    return lines
 
+
+def write_demo_report(out: Path, metrics: dict[str, Any], test_dir: Path, teacher_runs: dict[str, Path]) -> Path:
+    """``out/report.md`` with its figures beside it: every model on the test split, Δm, speed, weights, curves."""
     runs = {"student": out / "student", "label_only": out / "label_only", **teacher_runs}
     plot_loss_curves(runs, out / "loss_curves.png")
     plot_validation({k: runs[k] for k in ("student", "label_only")}, out / "validation.png")
     weights_png = plot_weights(out / "student", out / "weights.png")
-    teacher_strategy, task_strategy = _strategy_names(out / "student")
+    teacher_strategy, task_strategy = strategy_names(out / "student")
     predictors: dict[str, tuple[Any, dict]] = {}
     for name, run in teacher_runs.items():
         teacher = CheckpointTeacher(name, run)
@@ -345,22 +354,16 @@ def write_demo_report(out: Path, metrics: dict[str, Any], test_dir: Path, teache
     for who in ("student", "label_only"):
         model, tasks, _ = load_student_model(out / who)
         predictors[who] = (student_predictor(model, tasks), tasks)
+    student_tasks = predictors["student"][1]
     size = tuple(metrics["speed"]["image_size"])
     plot_samples(test_dir, predictors, out / "samples.png", size)
 
     s = metrics["speed"]
-    classes = sorted(k for k in metrics["student"]["semseg"] if k.startswith("iou/"))
-    ap_classes = sorted(k for k in metrics["student"].get("detection", {}) if k.startswith("ap50/"))
     lines = [
         "# polydistill demo report", "",
         f"Preset `{metrics['preset']['name']}` at {size[0]}×{size[1]}; test split: "
         f"{metrics['data']['test']['images']} held-out images (never used for training or model selection).", "",
-        "## Depth (test split)", "", *_metric_table(metrics, "depth", ["abs_rel", "rmse", "delta1"]), "",
-        "## Semantic segmentation (test split)", "", *_metric_table(metrics, "semseg", ["miou", "pixel_acc"]), "",
-        "### Per-class IoU", "", *_metric_table(metrics, "semseg", classes), "",
-        *(["## Detection (test split)", "", *_metric_table(metrics, "detection", ["map50", "map", "map75"]), "",
-           "### Per-class AP@0.5", "", *_metric_table(metrics, "detection", ap_classes), ""]
-          if "detection" in metrics["student"] else []),
+        *_task_sections(metrics, student_tasks),
         "## Multi-task summary", "",
         f"- Δm of the distilled student vs the teachers: **{metrics['delta_m_vs_teachers']:+.2f} %** "
         f"(label-only student: {metrics['delta_m_label_only_vs_teachers']:+.2f} %). "

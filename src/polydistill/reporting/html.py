@@ -35,16 +35,22 @@ import jinja2
 import yaml
 
 from .. import __version__
+from ..checkpoint import load_student_model
+from ..data import FolderDataset
+from ..engine.logging import read_steps
 from ..errors import DataError, PolydistillError
+from ..evaluation.evaluate import student_predictor
+from ..evaluation.speed import count_parameters
+from ..tasks import TASKS, Task
 from .figures import (
-    DRAWN_TASKS,
     WEIGHT_SMOOTHING,
-    _fmt,
-    _strategy_names,
+    drawn_tasks,
     figure_png,
+    format_number,
     loss_figure,
     read_validation,
     samples_figure,
+    strategy_names,
     validation_figure,
     weights_figure,
 )
@@ -241,7 +247,7 @@ def _num(v: Any) -> str:
     if isinstance(v, int):
         return str(v)
     if isinstance(v, float):
-        return "NaN" if math.isnan(v) else _fmt(v)
+        return "NaN" if math.isnan(v) else format_number(v)
     return str(v)
 
 
@@ -272,8 +278,6 @@ def _read_yaml(path: Path) -> tuple[dict[str, Any] | None, str]:
 
 
 def _directions() -> dict[str, bool]:
-    from ..tasks import TASKS
-
     out: dict[str, bool] = {"map75": True}  # reported, though not one of Δm's metrics
     for name in TASKS:
         out.update(TASKS.get(name).metric_directions)
@@ -321,7 +325,7 @@ def _config_facts(config: dict[str, Any]) -> Table:
         ["tasks", ", ".join(config.get("tasks") or {}) or "—"],
         ["student", f"{student.get('backbone', '?')}, neck {student.get('neck_channels', '?')}, "
                     f"layout {student.get('layout', 'plain')}"],
-        ["teachers", ", ".join(f"{t.get('name')} ({t.get('source', 'checkpoint')}: {t.get('path')})"
+        ["teachers", ", ".join(f"{t.get('name')} ({t['source'] + ': ' if t.get('source') else ''}{t.get('path')})"
                                for t in teachers) or "none (labels only)"],
         ["weighting", f"teachers: {teacher_weighting}; tasks: {task_weighting}"],
         ["training data", str(data.get("train", "—"))],
@@ -350,21 +354,16 @@ def _sample_blocks(split: Path | None, split_label: str, *, student: tuple[Any, 
                    teachers_note: str | None = None) -> list[Any]:
     """The sample grid (one figure per drawn task) of ``student`` (model, tasks, spec), the students in
     ``extra_students`` (run folders) and the teachers."""
-    from ..checkpoint import load_student_model
-    from ..data import FolderDataset
-    from ..evaluation.evaluate import student_predictor
-    from ..tasks.semseg import palette
-
     if split is None:
         return [Note(f"no sample grid: no {split_label} is known; pass --data FOLDER")]
     if not Path(split).is_dir():
         return [Note(f"no sample grid: the {split_label} folder {split} does not exist any more; "
                      "pass --data FOLDER")]
     model, tasks, spec = student
-    shown = [t for t in DRAWN_TASKS if t in tasks]
+    shown = drawn_tasks(tasks)
     if not shown:
         return [Note(f"no sample grid: the student's tasks ({', '.join(tasks)}) have no picture to draw")]
-    size = spec.get("input_size")
+    size = spec.input_size
     try:
         data = FolderDataset(split, shown, image_size=tuple(size) if size else None)
     except PolydistillError as exc:
@@ -379,7 +378,7 @@ def _sample_blocks(split: Path | None, split_label: str, *, student: tuple[Any, 
             predictors[name] = (student_predictor(other, other_tasks), other_tasks)
         except (PolydistillError, OSError) as exc:
             notes.append(Note(f"'{name}' is not drawn: {exc}"))
-    relative: list[str] = []
+    relative: dict[str, list[str]] = {t: [] for t in shown}
     for name, build in teachers:
         try:  # any failure (missing files, no network for a hub model, a missing runtime) only drops the teacher
             teacher = build().to("cpu")
@@ -389,33 +388,33 @@ def _sample_blocks(split: Path | None, split_label: str, *, student: tuple[Any, 
             continue
         task_objects = getattr(teacher, "task_objects", None) or tasks
         predictors[name] = (teacher.predict, {t: task_objects[t] for t in teacher.tasks if t in shown})
-        if "depth" in teacher.tasks and teacher.output_kind("depth") != "metric":
-            relative.append(name)
+        for t in teacher.tasks:
+            if t in shown and tasks[t].relative_output(teacher.output_kind(t)):
+                relative[t].append(name)
     blocks: list[Any] = [Para(f"{min(SAMPLE_COUNT, len(data))} images of the {split_label} at {split}, evenly "
                               f"spaced; columns: the input, the ground truth, then each model. A grey crossed "
                               f"panel means the image has no label for that task."), *notes]
-    captions = {
-        "depth": "Depth: colour follows inverse depth (near = warm, far = cool) on each row's ground-truth "
-                 "range" + (f"; {', '.join(relative)} predict(s) relative depth, drawn on its own range"
-                            if relative else "") + ".",
-        "semseg": "Segmentation: classes blended over the image (legend above).",
-        "detection": "Detection: boxes scoring at least 0.3, with class and score; ground truth without scores.",
-    }
     for task in shown:
-        blocks.append(Heading({"depth": "Depth", "semseg": "Segmentation", "detection": "Detection"}[task]))
-        if task == "semseg":
-            names = list(getattr(tasks["semseg"], "class_names", []))
-            colours = palette(len(names))
-            blocks.append(Swatches([(n, "#" + bytes(int(v) for v in c).hex()) for n, c in zip(names, colours)]))
-        fig = samples_figure(data, predictors, count=SAMPLE_COUNT, tasks=(task,), relative_depth=tuple(relative))
-        blocks.append(_figure(fig, f"{task} samples", captions[task], f"no {task} samples"))
+        blocks.append(Heading(tasks[task].title or task))
+        legend = tasks[task].legend()
+        if legend:
+            blocks.append(Swatches([(n, "#" + bytes(c).hex()) for n, c in legend]))
+        fig = samples_figure(data, predictors, count=SAMPLE_COUNT, tasks=(task,), relative=relative)
+        blocks.append(_figure(fig, f"{task} samples", _caption(task, tasks[task], relative[task]),
+                              f"no {task} samples"))
     return blocks
+
+
+def _caption(name: str, task: Task, relative: list[str]) -> str:
+    """The task's caption, saying which models' pictures take their own range (relative outputs)."""
+    if not relative:
+        return task.caption
+    return (task.caption.removesuffix(".") + f"; {', '.join(relative)} predict(s) relative {name}, drawn on its "
+            "own range.")
 
 
 def _load_student(run_dir: Path) -> tuple[tuple[Any, dict, dict] | None, str]:
     """(model, tasks, spec) of a run's best (else last) checkpoint, or None and the reason."""
-    from ..checkpoint import load_student_model
-
     try:
         return load_student_model(run_dir), ""
     except (PolydistillError, OSError) as exc:
@@ -439,17 +438,13 @@ def _teacher_sources(config: dict[str, Any], tasks: dict) -> list[TeacherSource]
     from ..config import TeacherConfig
     from ..teachers import build_teacher
 
-    semseg = list(tasks["semseg"].class_names) if "semseg" in tasks else None
-    detection = list(tasks["detection"].class_names) if "detection" in tasks else None
-    return [(str(t.get("name")), lambda t=t: build_teacher(TeacherConfig.model_validate(t), semseg, detection))
+    classes = {name: list(task.class_names) for name, task in tasks.items() if task.target_is_label}
+    return [(str(t.get("name")), lambda t=t: build_teacher(TeacherConfig.model_validate(t), classes))
             for t in config.get("teachers") or [] if isinstance(t, dict)]
 
 
 def train_report(run_dir: Path, *, data: Path | None = None, teachers: bool = True) -> Report:
     """The page of one ``polydistill train`` run directory."""
-    from ..engine.logging import read_steps
-    from ..evaluation.speed import count_parameters
-
     run_dir = Path(run_dir)
     config, config_text = _read_yaml(run_dir / "config.yaml")
     summary = _read_json(run_dir / "summary.json")
@@ -569,12 +564,13 @@ def _delta(v: Any) -> str:
 
 def demo_report(out: Path, metrics: dict[str, Any], *, data: Path | None = None, teachers: bool = True) -> Report:
     """The page of a ``polydistill demo`` output folder (``metrics.json``, ``student/``, ``label_only/``)."""
-    from ..teachers import CheckpointTeacher
+    from ..teachers import DEFAULT_SOURCE, CheckpointTeacher, parse_source
 
     out = Path(out)
     config, config_text = _read_yaml(out / "student" / "config.yaml")
     teacher_runs = {str(t["name"]): Path(t["path"]) for t in (config or {}).get("teachers") or []
-                    if isinstance(t, dict) and t.get("source", "checkpoint") == "checkpoint" and t.get("path")}
+                    if isinstance(t, dict) and t.get("path")
+                    and parse_source(str(t["path"]), t.get("source"))[0] == DEFAULT_SOURCE}
     preset = metrics.get("preset") or {}
     speed = metrics.get("speed") or {}
     test = (metrics.get("data") or {}).get("test") or {}
@@ -637,7 +633,7 @@ def demo_report(out: Path, metrics: dict[str, Any], *, data: Path | None = None,
     sections.append(_guarded("Speed and size", speed_table))
 
     def configuration() -> list[Any]:
-        teacher_strategy, task_strategy = _strategy_names(out / "student")
+        teacher_strategy, task_strategy = strategy_names(out / "student")
         rows = [[k, json.dumps(v) if isinstance(v, (list, dict)) else str(v)] for k, v in preset.items()]
         return [Para(f"The distilled student used teacher weighting '{teacher_strategy}' and task weighting "
                      f"'{task_strategy}'."),
@@ -685,10 +681,11 @@ def demo_report(out: Path, metrics: dict[str, Any], *, data: Path | None = None,
                 ["polydistill", str(metrics.get("version", "?"))]]
         splits = metrics.get("data") or {}
         blocks: list[Any] = [Table(["item", "value"], rows, caption="run")]
-        if splits:
-            blocks.append(Table(["split", "images", "depth labels", "semseg labels", "box labels", "folder"],
-                                [[n, _num(s.get("images")), _num(s.get("depth")), _num(s.get("semseg")),
-                                  _num(s.get("detection")), str(s.get("folder", ""))] for n, s in splits.items()],
+        if splits:  # per split: its folder, its images and one label count per task
+            labelled = list(dict.fromkeys(k for s in splits.values() for k in s if k not in ("folder", "images")))
+            blocks.append(Table(["split", "images", *(f"{t} labels" for t in labelled), "folder"],
+                                [[n, _num(s.get("images")), *(_num(s.get(t)) for t in labelled),
+                                  str(s.get("folder", ""))] for n, s in splits.items()],
                                 caption="data"))
         return blocks
 

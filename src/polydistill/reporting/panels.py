@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import torch
 
@@ -13,8 +15,9 @@ def image_to_uint8(image: torch.Tensor) -> np.ndarray:
     return (image.clamp(0, 1).permute(1, 2, 0).cpu().numpy() * 255).round().astype(np.uint8)
 
 
-def panel(task: Task, value: torch.Tensor, image: torch.Tensor | None = None, **kwargs) -> np.ndarray:
-    """Visualise one sample's prediction or target; segmentation is drawn over the image when given."""
-    if task.target_is_label and image is not None:
-        return task.visualise(value.cpu(), image=image.cpu(), **kwargs)
-    return task.visualise(value.cpu(), **kwargs)
+def panel(task: Task, value: torch.Tensor, image: torch.Tensor | None = None, **kwargs: Any) -> np.ndarray:
+    """One sample's prediction or target as the task draws it in a report (:meth:`Task.panel`: segmentation over
+    the image, boxes over it enlarged); without ``image``, its plain picture."""
+    if image is None:
+        return task.visualise(value.cpu(), **kwargs)
+    return task.panel(value.cpu(), image.cpu(), **kwargs)

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..config import ModelSpec, StudentConfig
 from ..errors import ConfigError
 from ..registry import did_you_mean
 from ..tasks import Task, build_task
@@ -37,9 +38,6 @@ def create_backbone(name: str, pretrained: bool = False) -> nn.Module:
     return timm.create_model(name, pretrained=pretrained, features_only=True, out_indices=indices)
 
 
-LAYOUTS = ("plain", "sak")
-
-
 class Student(nn.Module):
     """Shared encoder and neck, one light head per task; ``forward`` returns raw outputs per task.
 
@@ -51,12 +49,11 @@ class Student(nn.Module):
     stride grid.
     """
 
-    def __init__(self, tasks: dict[str, Task], backbone: str = "mobilenetv3_small_100",
-                 neck_channels: int = 64, head_channels: int | None = None, pretrained: bool = False,
-                 layout: str = "plain", adapter_ratio: int = 4):
+    def __init__(self, tasks: dict[str, Task], architecture: StudentConfig | None = None):
         super().__init__()
-        if layout not in LAYOUTS:
-            raise ConfigError(f"unknown student layout '{layout}'{did_you_mean(layout, LAYOUTS)}")
+        arch = architecture or StudentConfig()
+        backbone, neck_channels, head_channels = arch.backbone, arch.neck_channels, arch.head_channels
+        layout, adapter_ratio, pretrained = arch.layout, arch.adapter_ratio, arch.pretrained
         self.task_names = list(tasks)
         self.feature_tasks = [n for n, t in tasks.items() if not t.has_labels]  # teachers' representations
         self.label_tasks = [n for n, t in tasks.items() if t.has_labels]  # what the deployed model predicts
@@ -118,21 +115,9 @@ class Student(nn.Module):
         return model
 
 
-def build_student(spec: dict[str, Any]) -> tuple[Student, dict[str, Task]]:
-    """Build a student from a *model spec* (the part of a config that defines the architecture).
-
-    ``spec = {"tasks": {name: options}, "backbone": ..., "neck_channels": ..., "head_channels": ...,
-    "pretrained": ..., "layout": ..., "adapter_ratio": ...}``; the same spec is stored next to every
-    checkpoint so it can be rebuilt.
-    """
-    tasks = {name: build_task(name, **opts) for name, opts in spec["tasks"].items()}
-    model = Student(
-        tasks,
-        backbone=spec.get("backbone", "mobilenetv3_small_100"),
-        neck_channels=spec.get("neck_channels", 64),
-        head_channels=spec.get("head_channels"),
-        pretrained=spec.get("pretrained", False),
-        layout=spec.get("layout", "plain"),
-        adapter_ratio=spec.get("adapter_ratio", 4),
-    )
-    return model, tasks
+def build_student(spec: ModelSpec | dict[str, Any]) -> tuple[Student, dict[str, Task]]:
+    """Build a student from a *model spec* (:class:`~polydistill.config.ModelSpec`, or its JSON form from
+    ``model.json``): the same spec is stored next to every checkpoint so it can be rebuilt."""
+    spec = ModelSpec.of(spec)
+    tasks = {name: build_task(name, **opts) for name, opts in spec.tasks.items()}
+    return Student(tasks, spec), tasks

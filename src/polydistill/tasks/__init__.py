@@ -8,9 +8,9 @@ from .base import Metric, Task
 
 TASKS: Registry[type[Task]] = Registry("task")
 
-from . import depth, detection, features, semseg  # noqa: E402,F401  (registers the built-in tasks)
+from . import depth, detection, features, normals, semseg  # noqa: E402,F401  (registers the built-in tasks)
 
-__all__ = ["TASKS", "Metric", "Task", "build_task", "task_type"]
+__all__ = ["TASKS", "Metric", "Task", "build_task", "task_class", "task_type"]
 
 
 def task_type(name: str, options: dict | None) -> str:
@@ -36,3 +36,10 @@ def build_task(name: str, **options) -> Task:
         raise ConfigError(f"task '{name}': {exc}") from None
     task.name = name
     return task
+
+
+def task_class(name: str) -> type[Task]:
+    """The kind of task a map of ``name`` belongs to, which says how it resamples and flips. A name the registry
+    does not know is a features task with its own name (``dino: {type: features}``): plain maps, so the base
+    class's behaviour."""
+    return TASKS.get(name) if name in TASKS else Task

@@ -7,14 +7,18 @@ which is what both the L1-log and the scale-invariant (SILog) losses want.
 from __future__ import annotations
 
 import math
-from typing import ClassVar
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torchvision.transforms import InterpolationMode
 
-from ..errors import ConfigError
+from ..errors import ConfigError, DataError
+from ..files import WIDE_GREY, one_line, open_image
 from ..registry import did_you_mean
 from . import TASKS
 from .base import Metric, Task
@@ -65,6 +69,46 @@ def scale_shift_invariant_loss(pred: torch.Tensor, target: torch.Tensor, valid: 
     return ((s * x + t - y).abs() * m).sum(1) / n[:, 0]
 
 
+def read_depth(path: Path) -> torch.Tensor:
+    """Depth in metres ``(1, H, W)``; anything that is not a positive finite distance becomes 0."""
+    if path.suffix.lower() == ".npy":
+        try:
+            array = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise DataError(f"cannot read {path}: {one_line(e)}; save depth with numpy.save") from e
+        if array.ndim != 2 or not (
+            np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)
+        ):
+            raise DataError(
+                f"{path} holds a {array.dtype} array of shape {array.shape}; depth .npy files must be "
+                "float32 metres of shape (H, W)"
+            )
+        metres = array.astype(np.float32)
+    else:
+        image = open_image(path)
+        if image.mode not in WIDE_GREY:
+            raise DataError(
+                f"{path} is a mode-{image.mode} PNG; depth PNGs must be 16-bit millimetres (uint16) — "
+                f"or save float metres as {path.with_suffix('.npy').name}"
+            )
+        metres = np.asarray(image).astype(np.float32) / 1000.0
+    metres[~np.isfinite(metres) | (metres <= 0)] = 0.0
+    return torch.from_numpy(metres)[None]
+
+
+def _nonfinite_depth(file: str) -> int:
+    """NaN/Inf pixels of a float depth file (``.npy``); training reads them as "no measurement", ``data check``
+    counts them so that a broken export (a map of NaNs) does not pass unnoticed."""
+    path = Path(file)
+    if path.suffix.lower() != ".npy" or not path.is_file():
+        return 0
+    try:
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError):
+        return 0  # reading the label already reported it
+    return int((~np.isfinite(array)).sum()) if np.issubdtype(array.dtype, np.floating) else 0
+
+
 def _as_b1hw(x: torch.Tensor, what: str) -> torch.Tensor:
     if x.dim() == 3:
         x = x.unsqueeze(1)
@@ -88,6 +132,71 @@ class DepthTask(Task):
     primary_metric = "abs_rel"
     score_metric = "delta1"
     target_is_label = False
+    title = "Depth"
+    caption = "Depth: colour follows inverse depth (near = warm, far = cool) on each row's ground-truth range."
+    output_meaning = "(B, 1, H, W) depth in metres at the input size"
+    report_metrics = ("abs_rel", "rmse", "delta1")
+    gives_distance = True
+    label_folder = "depth"
+    label_extensions = (".png", ".npy")
+    label_interpolation = InterpolationMode.NEAREST_EXACT
+
+    # -- data ---------------------------------------------------------------------------------------------
+    @classmethod
+    def read_label_file(cls, path: Path, num_classes: int | None, ignore_index: int) -> torch.Tensor:
+        """Depth in metres ``(1, H, W)`` from ``.png`` (uint16 millimetres) or ``.npy`` (float metres); anything
+        that is not a positive finite distance becomes 0 (no measurement)."""
+        return read_depth(path)
+
+    @classmethod
+    def placeholder_target(cls, size: tuple[int, int], ignore_index: int) -> torch.Tensor:
+        return torch.zeros(1, *size)
+
+    @classmethod
+    def teacher_output_kind(cls, depth_convention: str) -> str:
+        return depth_convention
+
+    @classmethod
+    def cache_encoding(cls, default: str, semseg_topk: int | None) -> str | tuple[str, int]:
+        """Always fp16: int8 steps over a 0.5–20 m range would be centimetres."""
+        return "fp16"
+
+    @classmethod
+    def label_statistics(cls, label: Any, file: str, num_classes: int | None) -> dict[str, Any]:
+        values = label.numpy()
+        valid = values[values > 0]
+        nonfinite = _nonfinite_depth(file)
+        return {"total": values.size, "valid": valid.size, "non_finite_pixels": nonfinite,
+                "non_finite_files": int(nonfinite > 0),
+                "min": float(valid.min()) if valid.size else math.inf,
+                "max": float(valid.max()) if valid.size else -math.inf}
+
+    @classmethod
+    def merge_label_statistics(cls, total: dict[str, Any], counts: dict[str, Any]) -> dict[str, Any]:
+        if not total:
+            return dict(counts)
+        merged = super().merge_label_statistics(total, counts)
+        merged["min"], merged["max"] = min(total["min"], counts["min"]), max(total["max"], counts["max"])
+        return merged
+
+    @classmethod
+    def summarise_label_statistics(
+        cls, total: dict[str, Any], class_names: Sequence[str], box_class_names: Sequence[str],
+    ) -> tuple[dict[str, int] | None, dict[str, Any] | None]:
+        """The fraction of pixels with a measurement, their range, and NaN/Inf pixels of float files."""
+        if not total.get("total"):
+            return None, {}
+        valid = total["valid"]
+        return None, {"valid_fraction": valid / total["total"],
+                      "min_m": total["min"] if valid else 0.0, "max_m": total["max"] if valid else 0.0,
+                      "non_finite_pixels": total["non_finite_pixels"], "non_finite_files": total["non_finite_files"]}
+
+    @classmethod
+    def describe_label_summary(cls, summary: dict[str, Any]) -> str:
+        nan = (f"; {summary['non_finite_pixels']} NaN/Inf pixels in {summary['non_finite_files']} files (ignored as "
+               "no measurement)" if summary.get("non_finite_pixels") else "")
+        return (f"{summary['valid_fraction']:.1%} valid pixels, {summary['min_m']:.2f}–{summary['max_m']:.2f} m"
+                f"{nan}")
 
     def __init__(
         self,
@@ -199,6 +308,26 @@ class DepthTask(Task):
 
     def placeholder(self, height: int, width: int) -> torch.Tensor:
         return torch.zeros(1, height, width)
+
+    def colour_range(self, value: torch.Tensor, robust: bool = False) -> tuple[float, float] | None:
+        """Metres ``(near, far)`` of the valid pixels: their minimum and maximum, or with ``robust`` the
+        task's ``vis_range`` else their 2nd and 98th percentile; None without a valid pixel."""
+        if robust:
+            if self.vis_range:
+                return tuple(self.vis_range)
+            d = torch.as_tensor(value).detach().cpu().numpy()
+            d = d[np.isfinite(d) & (d > 0)]
+            return tuple(float(v) for v in np.percentile(d, [2, 98])) if d.size else None
+        valid = value[torch.isfinite(value) & (value > 0)]
+        return (float(valid.min()), float(valid.max())) if valid.numel() else None
+
+    def relative_output(self, kind: str) -> bool:
+        """Every depth convention but metric (relative, inverse relative) is up to scale and shift."""
+        return kind != "metric"
+
+    def prediction_png(self, value: torch.Tensor) -> np.ndarray:
+        """uint16 millimetres (0 = none; at most 65.535 m), the depth label format."""
+        return (value[0].clamp(0, 65.535) * 1000).round().to(torch.int32).numpy().astype(np.uint16)
 
     def visualise(
         self, value: torch.Tensor, vmin: float | None = None, vmax: float | None = None

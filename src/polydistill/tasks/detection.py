@@ -27,7 +27,8 @@ from __future__ import annotations
 import contextlib
 import io
 import math
-from typing import ClassVar
+from collections.abc import Sequence
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -39,7 +40,7 @@ from torchvision.utils import draw_bounding_boxes
 from ..errors import ConfigError, DataError
 from ..registry import did_you_mean
 from . import TASKS
-from .base import Metric, Task
+from .base import DataFacts, Metric, Task
 from .semseg import palette
 
 DISTILL_MODES = ("soft", "pseudo")
@@ -112,6 +113,78 @@ class DetectionTask(Task):
     target_is_label = True
     dense_output = False  # the output stays on the stride grid
     box_targets = True
+    title = "Detection"
+    caption = "Detection: boxes scoring at least 0.3, with class and score; ground truth without scores."
+    output_meaning = ("(B, C + 4, H/stride, W/stride) on the stride grid: C class heat-maps (probability of an object "
+                      "centre in the cell), then the distances in input pixels from the cell centre to the box's "
+                      "left, top, right and bottom edges; decode by 3x3 peak picking, score threshold and class-wise "
+                      "NMS")
+    report_metrics = ("map50", "map", "map75")
+    per_class_prefix = "ap50/"
+    label_folder = "boxes"  # read by the layouts into the samples' meta (they move with the image through transforms)
+    label_extensions = (".json",)
+    needs_class_names = True
+    histogram_unit = "boxes"
+
+    # -- data: maps end in four distances in input pixels (left, top, right, bottom), on the stride grid --------
+    @classmethod
+    def placeholder_target(cls, size: tuple[int, int], ignore_index: int) -> torch.Tensor:
+        return torch.zeros(0, 5)
+
+    @classmethod
+    def flip_teacher_map(cls, value: torch.Tensor) -> torch.Tensor:
+        """Mirrored, and the left and right distances swapped: ``(l, t, r, b) -> (r, t, l, b)``."""
+        value = value.flip(-1)
+        return torch.cat([value[:-4], value[[-2, -3, -4, -1]]])
+
+    @classmethod
+    def rescale_teacher_map(cls, value: torch.Tensor, sx: float, sy: float) -> torch.Tensor:
+        """The distances scale with the image."""
+        return torch.cat([value[:-4], value[-4:] * torch.tensor([sx, sy, sx, sy])[:, None, None]])
+
+    @classmethod
+    def teacher_output_at_input(cls, value: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+        """Kept on the teacher's stride grid (distances in input pixels)."""
+        return value
+
+    @classmethod
+    def apply_class_map(cls, value: torch.Tensor, class_map: Any) -> torch.Tensor:
+        """Box teachers map their labels onto the student's classes themselves, before drawing the maps."""
+        return value
+
+    @classmethod
+    def label_statistics(cls, label: Any, file: str, num_classes: int | None) -> dict[str, Any]:
+        """Boxes per class; ``label`` is ``(boxes, labels)``."""
+        labels = label[1]
+        if not num_classes or not len(labels):
+            return {}
+        return {"boxes": np.bincount(labels.numpy(), minlength=num_classes)[:num_classes]}
+
+    @classmethod
+    def summarise_label_statistics(
+        cls, total: dict[str, Any], class_names: Sequence[str], box_class_names: Sequence[str],
+    ) -> tuple[dict[str, int] | None, dict[str, Any] | None]:
+        """Boxes per class of the classes boxes can have (COCO: its thing classes)."""
+        if not class_names:
+            return None, None
+        boxes = total.get("boxes", np.zeros(len(class_names), dtype=np.int64))
+        index = {name: k for k, name in enumerate(class_names)}
+        return {name: int(boxes[index[name]]) for name in box_class_names if name in index}, None
+
+    @classmethod
+    def resolve_options(cls, name: str, options: dict[str, Any], data: DataFacts,
+                        teachers: Sequence[Any] = ()) -> dict[str, Any]:
+        """Box classes: the data's box classes by default, a subset of its classes, with their dataset ids."""
+        opts = dict(options)
+        names = list(data.class_names)
+        opts.setdefault("class_names", list(data.box_class_names))
+        unknown = [n for n in opts["class_names"] if n not in names]
+        if unknown:
+            raise ConfigError(f"tasks.{name}.class_names has {unknown}, which {data.root}/classes.yaml does "
+                              f"not list ({names}); detection classes are a subset of the dataset's classes")
+        opts.setdefault("num_classes", len(opts["class_names"]))
+        opts.setdefault("source_ids", [names.index(n) for n in opts["class_names"]])
+        return opts
 
     def __init__(self, num_classes: int, class_names: list[str] | None = None, source_ids: list[int] | None = None,
                  distill: str = "soft", pseudo_threshold: float = 0.3, box_weight: float = 1.0,
@@ -382,6 +455,20 @@ class DetectionTask(Task):
         if image is None:
             image = torch.zeros(3, *size)
         return self.draw(image, boxes, labels, scores, depth)
+
+    def panel(self, value: torch.Tensor, image: torch.Tensor, **kwargs) -> np.ndarray:
+        """Boxes over the image enlarged to about 256 pixels wide (at most 4×), so that the class and score labels
+        (a fixed-size bitmap font) stay readable on small images; GT ``(M, 5)`` or a predicted map."""
+        scale = int(min(4, max(1, round(256 / image.shape[-1]))))
+        big = F.interpolate(image[None], scale_factor=scale, mode="bilinear")[0]
+        value = torch.as_tensor(value).detach().cpu().float()
+        if value.dim() == 3:  # a predicted map on the stride grid
+            boxes, scores, labels = self.decode(value[None], score_threshold=0.3)[0]
+        else:  # ground-truth boxes [x0, y0, x1, y1, dataset class id]
+            value = value[value[:, 4] >= 0]
+            labels = self.task_labels(value)
+            boxes, labels, scores = value[labels >= 0, :4], labels[labels >= 0], None
+        return self.draw(big, boxes * scale, labels, scores)
 
     def draw(self, image, boxes: torch.Tensor, labels: torch.Tensor, scores: torch.Tensor | None = None,
              depth: torch.Tensor | None = None) -> np.ndarray:

@@ -23,7 +23,8 @@ metrics: its value is what it adds to the other tasks (and the loss curve in ``s
 
 from __future__ import annotations
 
-from typing import ClassVar
+from collections.abc import Sequence
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -34,7 +35,7 @@ from ..distill.feature_norm import NORMS, TeacherNorm, padded_dim
 from ..errors import ConfigError
 from ..registry import did_you_mean
 from . import TASKS
-from .base import Metric, Task
+from .base import DataFacts, Metric, Task
 
 PROJECTORS = ("linear", "mlp", "transformer")
 
@@ -115,6 +116,22 @@ class FeaturesTask(Task):
     target_is_label = False
     has_labels = False
     dense_output = False
+    title = "Features"
+
+    @classmethod
+    def resolve_options(cls, name: str, options: dict[str, Any], data: DataFacts,
+                        teachers: Sequence[Any] = ()) -> dict[str, Any]:
+        """The channels come from the teachers that teach this features task (their representation)."""
+        opts = dict(options)
+        given = {t.name: t.feature_channels[name] for t in teachers if name in t.feature_channels}
+        if not given:
+            raise ConfigError(f"features task '{name}' has no teacher: add a feature teacher with tasks: [{name}]")
+        if len(set(given.values())) > 1 or opts.get("channels", next(iter(given.values()))) not in given.values():
+            raise ConfigError(f"features task '{name}': its teachers give {given} channels and the task says "
+                              f"{opts.get('channels')}; one features task per teacher representation (or equal "
+                              f"channels), and leave tasks.{name}.channels unset to take the teacher's")
+        opts["channels"] = next(iter(given.values()))
+        return opts
 
     def __init__(self, channels: int | None = None, projector: str = "mlp", norm: str = "standardize",
                  grid_stride: int = 16, cos_weight: float = 0.5, l1_weight: float = 0.5, mse_weight: float = 0.0,

@@ -8,16 +8,20 @@ from __future__ import annotations
 
 import colorsys
 import math
-from typing import ClassVar
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torchvision.transforms import InterpolationMode
 
 from ..errors import ConfigError, DataError
+from ..files import bad_values, open_image
 from ..registry import did_you_mean
 from . import TASKS
-from .base import Metric, Task
+from .base import DataFacts, Metric, Task
 
 DISTILL_MODES = ("kl", "hard")
 
@@ -43,6 +47,26 @@ def check_labels(target: torch.Tensor, num_classes: int, ignore_index: int) -> N
         f"(ignore_index={ignore_index} marks unlabelled pixels); check the task's num_classes "
         "or the dataset's label mapping"
     )
+
+
+def read_semseg(path: Path, num_classes: int | None, ignore_index: int) -> torch.Tensor:
+    """Class ids ``(H, W)`` long, refusing ids that ``classes.yaml`` does not declare."""
+    image = open_image(path)
+    if image.mode not in ("L", "P"):
+        raise DataError(
+            f"{path} is a mode-{image.mode} PNG; semseg PNGs must hold one class id per pixel "
+            "(mode L or P) — "
+            "convert colour masks to class ids"
+        )
+    ids = np.asarray(image)
+    present = np.flatnonzero(np.bincount(ids.ravel()))
+    bad = present[(present >= num_classes) & (present != ignore_index)]
+    if bad.size:
+        raise DataError(
+            f"{path} contains class ids {bad_values(bad)} outside 0..{num_classes - 1} (ignore_index {ignore_index} "
+            "marks unlabelled pixels); add the classes to classes.yaml or relabel those pixels"
+        )
+    return torch.from_numpy(ids.astype(np.int64))
 
 
 def class_ids(logits: torch.Tensor) -> torch.Tensor:
@@ -101,6 +125,67 @@ class SemsegTask(Task):
     primary_metric = "miou"
     score_metric = "miou"
     target_is_label = True
+    title = "Segmentation"
+    caption = "Segmentation: classes blended over the image (legend above)."
+    output_meaning = "(B, C, H, W) class logits at the input size; softmax gives probabilities, argmax class ids"
+    report_metrics = ("miou", "pixel_acc")
+    per_class_prefix = "iou/"
+    label_folder = "semseg"
+    label_extensions = (".png",)
+    needs_class_names = True
+    label_interpolation = InterpolationMode.NEAREST_EXACT
+
+    # -- data ---------------------------------------------------------------------------------------------
+    @classmethod
+    def read_label_file(cls, path: Path, num_classes: int | None, ignore_index: int) -> torch.Tensor:
+        """Class ids ``(H, W)`` long from an 8-bit PNG (mode L or P), refusing ids the class list does not have."""
+        return read_semseg(path, num_classes, ignore_index)
+
+    @classmethod
+    def placeholder_target(cls, size: tuple[int, int], ignore_index: int) -> torch.Tensor:
+        return torch.full(size, ignore_index, dtype=torch.int64)
+
+    @classmethod
+    def cache_encoding(cls, default: str, semseg_topk: int | None) -> str | tuple[str, int]:
+        """Logits may keep only their top k classes."""
+        return ("topk", int(semseg_topk)) if semseg_topk else default
+
+    @classmethod
+    def label_statistics(cls, label: Any, file: str, num_classes: int | None) -> dict[str, Any]:
+        """Pixels per class (ignored pixels are not counted)."""
+        if not num_classes:
+            return {}
+        ids = label.numpy().ravel()
+        ids = ids[(ids >= 0) & (ids < num_classes)]
+        return {"pixels": np.bincount(ids, minlength=num_classes)}
+
+    @classmethod
+    def summarise_label_statistics(
+        cls, total: dict[str, Any], class_names: Sequence[str], box_class_names: Sequence[str],
+    ) -> tuple[dict[str, int] | None, dict[str, Any] | None]:
+        if not class_names:
+            return None, None
+        pixels = total.get("pixels", np.zeros(len(class_names), dtype=np.int64))
+        return {name: int(pixels[k]) for k, name in enumerate(class_names)}, None
+
+    @classmethod
+    def resolve_options(cls, name: str, options: dict[str, Any], data: DataFacts,
+                        teachers: Sequence[Any] = ()) -> dict[str, Any]:
+        """Classes and the ignore index come from the training data's classes.yaml."""
+        opts = dict(options)
+        if "num_classes" in opts and opts["num_classes"] != data.num_classes:
+            raise ConfigError(
+                f"tasks.{name}.num_classes is {opts['num_classes']} but {data.root}/classes.yaml lists "
+                f"{data.num_classes} classes; remove the option or fix classes.yaml"
+            )
+        opts.setdefault("num_classes", data.num_classes)
+        opts.setdefault("class_names", list(data.class_names))
+        opts.setdefault("ignore_index", data.ignore_index)
+        return opts
+
+    def to_numpy(self, value: torch.Tensor) -> np.ndarray:
+        """Class ids ``(H, W)`` (argmax of the logits)."""
+        return value.argmax(0).cpu().numpy()
 
     def __init__(
         self,
@@ -250,6 +335,15 @@ class SemsegTask(Task):
 
     def placeholder(self, height: int, width: int) -> torch.Tensor:
         return torch.full((height, width), self.ignore_index, dtype=torch.long)
+
+    def legend(self) -> list[tuple[str, tuple[int, int, int]]]:
+        """Each class name with its colour."""
+        names = list(self.class_names or [])
+        return [(n, tuple(int(v) for v in c)) for n, c in zip(names, palette(len(names)))]
+
+    def prediction_png(self, value: torch.Tensor) -> np.ndarray:
+        """uint8 class ids (the argmax of the logits), the segmentation label format."""
+        return value.argmax(0).to(torch.uint8).numpy()
 
     def visualise(self, value: torch.Tensor, image=None, alpha: float = 0.5) -> np.ndarray:
         """Logits ``(C, H, W)`` or ids ``(H, W)`` -> ``(H, W, 3)`` uint8 colour picture.

@@ -12,14 +12,18 @@ from __future__ import annotations
 import hashlib
 import json
 from abc import ABC, abstractmethod
-from typing import Any
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Annotated, Any, ClassVar
 
 import torch
-import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
 from ..errors import ConfigError, PolydistillError
-from ..registry import did_you_mean
+from ..registry import parse_options
+from ..tasks import task_class
+from .class_map import ClassMap
 
 DEPTH_CONVENTIONS = ("metric", "relative", "inverse_relative")
 
@@ -29,14 +33,25 @@ class TeacherOutputError(PolydistillError):
     options or its code, reported with the teacher's name instead of a shape error deep inside a loss."""
 
 
-def check_option_keys(teacher: str, options: dict[str, Any] | None, allowed: tuple[str, ...],
-                      source: str) -> dict[str, Any]:
-    """A copy of a teacher's ``options``; an unknown key is a config error with a suggestion."""
-    options = dict(options or {})
-    for key in options:
-        if key not in allowed:
-            raise ConfigError(f"teacher '{teacher}': unknown {source} option '{key}'{did_you_mean(str(key), allowed)}")
-    return options
+#: a positive integer, as YAML writes it (no strings, floats or booleans)
+PositiveInt = Annotated[int, Field(strict=True, gt=0)]
+#: ``[H, W]`` in pixels
+PixelSize = Annotated[list[PositiveInt], Field(min_length=2, max_length=2)]
+
+
+class SourceOptions(BaseModel):
+    """A teacher source's ``options:`` (typed, validated by pydantic); unknown keys are errors."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def source_options(options_cls: type[SourceOptions], options: SourceOptions | Mapping[str, Any] | None,
+                   teacher: str, source: str) -> Any:
+    """``options`` parsed into ``options_cls``; errors name the teacher, the source and the option (with a
+    did-you-mean for an unknown key)."""
+    if isinstance(options, options_cls):
+        return options
+    return parse_options(options_cls, dict(options or {}), f"teacher '{teacher}' ({source} options)")
 
 
 class Teacher(nn.Module, ABC):
@@ -48,7 +63,14 @@ class Teacher(nn.Module, ABC):
     of unmapped classes, which the segmentation loss treats as "no opinion"). ``depth_convention`` says
     what a depth map means: ``metric`` (metres), ``relative`` (depth up to scale and shift) or
     ``inverse_relative`` (disparity up to scale and shift, e.g. MiDaS, Depth Anything relative).
+
+    Your own model in Python: subclass and implement ``_predict``, or wrap any module with
+    :meth:`from_module`.
     """
+
+    #: whether :meth:`recipe` already lists everything in the config's ``options`` that changes the outputs
+    #: (the built-in sources); otherwise the options themselves are part of the fingerprint
+    recipe_covers_options: ClassVar[bool] = False
 
     def __init__(self, name: str, tasks: tuple[str, ...], *, depth_convention: str = "metric",
                  class_map=None, feature_channels: dict[str, int] | None = None):
@@ -62,12 +84,39 @@ class Teacher(nn.Module, ABC):
         self.class_map = class_map
         #: features tasks this teacher teaches -> channels of its feature map (kept at the teacher's own grid)
         self.feature_channels = dict(feature_channels or {})
+        #: the config's ``options`` (set by :func:`~polydistill.teachers.build_teacher`); fingerprinted unless
+        #: :attr:`recipe_covers_options`
+        self.options: dict[str, Any] = {}
+        #: what the user says changes the outputs besides the weights (``from_module(recipe=...)``)
+        self.user_recipe: dict[str, Any] = {}
+
+    @classmethod
+    def from_module(cls, module: nn.Module, *, name: str, tasks: Sequence[str], depth_convention: str = "metric",
+                    class_names: Sequence[str] | None = None, class_map: ClassMap | str | Path | None = None,
+                    feature_channels: Mapping[str, int] | None = None,
+                    recipe: Mapping[str, Any] | None = None) -> Teacher:
+        """A frozen teacher around any ``module`` mapping ``(B, 3, H, W)`` RGB in ``[0, 1]`` to ``{task: tensor}``
+        (or one tensor when it teaches one task).
+
+        ``class_names`` names the channels of its segmentation logits; ``class_map`` (a map file or shipped
+        map name, or a :class:`ClassMap`) maps them onto the student's classes, resolved when the student's
+        classes are known (:meth:`bind_classes`). ``recipe``: anything besides the weights that changes the
+        outputs (it is part of the fingerprint, so changing it rebuilds cached outputs).
+        """
+        return ModuleTeacher(module, name=name, tasks=tasks, depth_convention=depth_convention,
+                             class_names=class_names, class_map=class_map, feature_channels=feature_channels,
+                             recipe=recipe)
+
+    def bind_classes(self, classes: Mapping[str, Sequence[str]] | None) -> Teacher:
+        """Learn the student's class names per task (``{task: names}``) before teaching; the built-in sources
+        take them when built, so by default there is nothing to do."""
+        return self
 
     def output_kind(self, task: str) -> str:
         """How the objective must compare the student with this teacher's output for ``task``."""
         if task in self.feature_channels:
             return "features"
-        return self.depth_convention if task == "depth" else "default"
+        return task_class(task).teacher_output_kind(self.depth_convention)
 
     def freeze(self) -> Teacher:
         for p in self.parameters():
@@ -92,6 +141,10 @@ class Teacher(nn.Module, ABC):
         recipe = {"tasks": list(self.tasks), "depth_convention": self.depth_convention, "class_map": cmap}
         if self.feature_channels:
             recipe["feature_channels"] = self.feature_channels
+        if self.options and not self.recipe_covers_options:
+            recipe["options"] = self.options
+        if self.user_recipe:
+            recipe["user_recipe"] = self.user_recipe
         return recipe
 
     def fingerprint(self) -> str:
@@ -108,7 +161,9 @@ class Teacher(nn.Module, ABC):
         """``images``: ``(B, 3, H, W)`` RGB in ``[0, 1]`` → ``{task: task-space output}``.
 
         Feature maps ``(B, C, h, w)`` keep the teacher's own token grid (the features task aligns the
-        student to it) and detection maps their stride grid; every other map is resized to the input size.
+        student to it); every other map is what its task makes of it at the input size
+        (:meth:`~polydistill.tasks.Task.teacher_output_at_input`: resized, or detection's kept on its stride grid),
+        over the student's classes (:meth:`~polydistill.tasks.Task.apply_class_map`).
         """
         out = self._predict(images)
         size = images.shape[-2:]
@@ -125,15 +180,10 @@ class Teacher(nn.Module, ABC):
                                              f"for '{t}'; expected (B, {self.feature_channels[t]}, h, w)")
                 result[t] = value
                 continue
-            if t == "detection":  # on its stride grid, distances in input pixels (tasks/detection.py)
-                result[t] = value
-                continue
-            if value.dim() == 3:
-                value = value[:, None]
-            if value.shape[-2:] != size:
-                value = F.interpolate(value, size=size, mode="bilinear", align_corners=False)
-            if t == "semseg" and self.class_map is not None:
-                value = self.class_map.apply(value)
+            kind = task_class(t)  # a teacher's other tasks are student tasks, named by their type
+            value = kind.teacher_output_at_input(value, size)
+            if self.class_map is not None:
+                value = kind.apply_class_map(value, self.class_map)
             result[t] = value
         return result
 
@@ -154,7 +204,7 @@ class Teacher(nn.Module, ABC):
                 f"teacher '{self.name}' returned '{task}' with {channels} channels (shape {shape}) after {first} "
                 "channels on earlier batches; a teacher must give the same channels for every batch — check its "
                 "options (classes, class map, layer) or the model's code")
-        if value.dim() == 4 and (task in self.feature_channels or task == "detection"):
+        if value.dim() == 4 and (task in self.feature_channels or not task_class(task).dense_output):
             key = (task, tuple(images.shape[-2:]))
             grid = seen.setdefault(key, shape[-2:])
             if shape[-2:] != grid:
@@ -165,3 +215,49 @@ class Teacher(nn.Module, ABC):
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         return self.predict(images)
+
+
+class ModuleTeacher(Teacher):
+    """A teacher around a plain ``nn.Module`` (see :meth:`Teacher.from_module`)."""
+
+    def __init__(self, module: nn.Module, *, name: str, tasks: Sequence[str], depth_convention: str = "metric",
+                 class_names: Sequence[str] | None = None, class_map: ClassMap | str | Path | None = None,
+                 feature_channels: Mapping[str, int] | None = None, recipe: Mapping[str, Any] | None = None):
+        if not isinstance(module, nn.Module):
+            raise ConfigError(f"teacher '{name}': from_module needs a torch.nn.Module, got {type(module).__name__}")
+        if isinstance(tasks, str) or not tasks:
+            raise ConfigError(f"teacher '{name}': from_module needs tasks=[...], the student tasks it teaches")
+        super().__init__(name, tuple(tasks), depth_convention=depth_convention,
+                         class_map=class_map if isinstance(class_map, ClassMap) else None,
+                         feature_channels=feature_channels)
+        self.module = module
+        self.class_names = None if class_names is None else [str(c) for c in class_names]
+        self.class_map_file = None if class_map is None or isinstance(class_map, ClassMap) else str(class_map)
+        self.user_recipe = dict(recipe or {})
+        self.freeze()
+
+    def bind_classes(self, classes: Mapping[str, Sequence[str]] | None) -> Teacher:
+        """Resolve a class map given by file against the student's classes of the task it maps."""
+        if self.class_map_file is None:
+            return self
+        students = [list(v) for t, v in (classes or {}).items() if t in self.tasks]
+        if len(students) != 1:
+            raise ConfigError(f"teacher '{self.name}': class_map needs exactly one task with class names among its "
+                              f"tasks {list(self.tasks)} in the student")
+        self.class_map = ClassMap.from_file(self.class_map_file, self.class_names, students[0])
+        return self
+
+    def recipe(self) -> dict[str, Any]:
+        return {**super().recipe(), "module": type(self.module).__qualname__, "class_names": self.class_names}
+
+    def _predict(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        out = self.module(images)
+        if isinstance(out, torch.Tensor):
+            if len(self.tasks) != 1:
+                raise TeacherOutputError(f"teacher '{self.name}' returned one tensor but teaches {list(self.tasks)}; "
+                                         "return {task: tensor}")
+            return {self.tasks[0]: out}
+        if not isinstance(out, Mapping):
+            raise TeacherOutputError(f"teacher '{self.name}' returned {type(out).__name__}; a wrapped module must "
+                                     "return {task: tensor} (or one tensor when it teaches one task)")
+        return dict(out)

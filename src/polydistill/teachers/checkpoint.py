@@ -12,33 +12,52 @@ features task to a module path inside the teacher (read with a recorder, e.g. ``
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 
 from ..checkpoint import find_checkpoint, load_spec, load_weights
+from ..config import TeacherConfig
 from ..errors import ConfigError, PolydistillError
 from ..recorders import FeatureRecorders
 from ..students import build_student
-from .base import Teacher, check_option_keys
+from .base import SourceOptions, Teacher, source_options
+from .sources import TaskClasses
+
+
+class Options(SourceOptions):
+    features: dict[str, str] = Field(default_factory=dict, description="features task -> module path to record")
+    grid_stride: int = Field(16, gt=0, strict=True, description="input pixels per token of recorded features")
+
+
+def build(cfg: TeacherConfig, classes: TaskClasses) -> Teacher:
+    """A polydistill run or checkpoint folder (the default source: a path without a prefix)."""
+    if cfg.class_map or cfg.depth_convention not in (None, "metric"):
+        raise ConfigError(f"teacher '{cfg.name}': a polydistill checkpoint already predicts the student's classes "
+                          "in metres; remove class_map and depth_convention")
+    return CheckpointTeacher(cfg.name, cfg.path, cfg.tasks, options=cfg.options)
 
 
 class CheckpointTeacher(Teacher):
     """Wraps a polydistill checkpoint; its task outputs are already in student task space."""
 
+    recipe_covers_options = True
+
     def __init__(self, name: str, path: str | Path, tasks: list[str] | None = None,
-                 options: dict[str, Any] | None = None):
-        options = check_option_keys(name, options, ("features", "grid_stride"), "checkpoint")
-        features = dict(options.get("features") or {})
-        self.grid_stride = int(options.get("grid_stride", 16))
+                 options: Options | Mapping[str, Any] | None = None):
+        opts = source_options(Options, options, name, "checkpoint")
+        features = dict(opts.features)
+        self.grid_stride = opts.grid_stride
         try:
             directory = find_checkpoint(path)
             spec = load_spec(directory)
         except PolydistillError as exc:  # say which teacher of the config points there
             raise ConfigError(f"teacher '{name}': {exc}") from None
-        available = list(spec["tasks"])
+        available = list(spec.tasks)
         chosen = tasks or available + list(features)
         unknown = [t for t in chosen if t not in available and t not in features]
         if unknown:
@@ -53,7 +72,7 @@ class CheckpointTeacher(Teacher):
         self.recorders = FeatureRecorders(recorded).attach(model) if recorded else None
         channels = {}
         if self.recorders is not None:
-            size = spec.get("input_size") or [64, 64]
+            size = spec.input_size or (64, 64)
             with torch.no_grad():
                 model.eval()(torch.zeros(1, 3, *size))
             channels = {t: self._as_map(self.recorders[t], t).shape[1] for t in self.recorders.recorders}

@@ -1,6 +1,6 @@
 """``hf:`` object-detection teachers: the DETR family from the Hugging Face hub, teaching ``detection``.
 
-:func:`polydistill.teachers.huggingface.build_hf_teacher` sends every config that
+:func:`polydistill.teachers.huggingface.build` (the ``hf`` source) sends every config that
 ``AutoModelForObjectDetection`` loads here: DETR, Conditional DETR, Deformable DETR, DAB-DETR, RT-DETR (v2),
 D-FINE, YOLOS, Table Transformer... (tested: DETR, Conditional DETR and YOLOS, tiny random models saved to a
 folder — the same ``from_pretrained`` path a hub model takes). Text-prompted detectors (OWL-ViT, Grounding
@@ -42,17 +42,24 @@ Example::
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 
 from ..errors import ConfigError
-from .base import check_option_keys
-from .huggingface import load_pretrained
-from .torchvision_detection import BoxTeacher
+from .base import PixelSize, PositiveInt, source_options
+from .hf_loading import HubOptions, load_kwargs, load_pretrained
+from .torchvision_detection import DEFAULT_MIN_SCORE, DEFAULT_STRIDE, BoxTeacher
 
-OPTION_KEYS = ("min_score", "stride", "input_size", "revision")
+
+class Options(HubOptions):
+    min_score: float = Field(DEFAULT_MIN_SCORE, ge=0.0, le=1.0, description="boxes scoring below it are dropped")
+    stride: PositiveInt = Field(DEFAULT_STRIDE, description="stride of the task-space grid")
+    input_size: PixelSize | Literal["input"] | None = Field(
+        None, description="[H, W], 'input' (the input resolution) or the processor's rule")
 
 
 def detection_model_types() -> tuple[set[str], set[str]]:
@@ -98,20 +105,17 @@ class HuggingFaceDetectionTeacher(BoxTeacher):
     """A frozen hub object detector teaching ``detection`` (see the module docstring)."""
 
     def __init__(self, name: str, path: str, tasks: list[str] | None = None, *, depth_convention: str | None = None,
-                 class_map: str | None = None, student_classes: list[str] | None = None,
-                 student_detection_classes: list[str] | None = None, trust_remote_code: bool = False,
-                 options: dict[str, Any] | None = None):
-        import transformers
+                 class_map: str | None = None, student_detection_classes: list[str] | None = None,
+                 trust_remote_code: bool = False, options: Options | Mapping[str, Any] | None = None):
+        import transformers  # optional heavy dependency
 
-        options = check_option_keys(name, options, OPTION_KEYS, "hf detection")
+        options = source_options(Options, options, name, "hf detection")
         chosen = list(tasks or ["detection"])
         if chosen != ["detection"]:
             raise ConfigError(f"teacher '{name}': object detectors teach detection only; got tasks {chosen}")
         if depth_convention not in (None, "metric"):
             raise ConfigError(f"teacher '{name}': depth_convention means nothing for a detection teacher; remove it")
-        kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
-        if options.get("revision"):
-            kwargs["revision"] = options["revision"]
+        kwargs = load_kwargs(trust_remote_code, options)
         config = load_pretrained(transformers.AutoConfig, path, name, **kwargs)
         try:
             model = load_pretrained(transformers.AutoModelForObjectDetection, path, name, **kwargs)
@@ -135,14 +139,15 @@ class HuggingFaceDetectionTeacher(BoxTeacher):
         teacher_classes = [id2label.get(i, f"LABEL_{i}") for i in range(num_labels)]
 
         super().__init__(name, ("detection",), depth_convention="metric")
-        self._setup_boxes(teacher_classes, class_map, student_detection_classes, options)
+        self._setup_boxes(teacher_classes, class_map, student_detection_classes, options.min_score,
+                          options.stride)
         self.model = model
         self.path = path
         self.processor = processor
         self._setup_preprocessing(name, processor, options)
         self.freeze()
 
-    def _setup_preprocessing(self, name: str, processor: Any, options: dict[str, Any]) -> None:
+    def _setup_preprocessing(self, name: str, processor: Any, options: Options) -> None:
         if getattr(processor, "do_normalize", True):
             mean = list(getattr(processor, "image_mean", None) or [0.485, 0.456, 0.406])
             std = list(getattr(processor, "image_std", None) or [0.229, 0.224, 0.225])
@@ -151,17 +156,13 @@ class HuggingFaceDetectionTeacher(BoxTeacher):
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         size = getattr(processor, "size", None)
-        given = options.get("input_size")
+        given = options.input_size
         self.input_size: tuple[int, int] | None = None
         self.shortest_edge: int | None = None
         self.longest_edge: int | None = None
         if given is not None:
             if given == "input":
                 return
-            if (not isinstance(given, (list, tuple)) or len(given) != 2
-                    or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in given)):
-                raise ConfigError(f"teacher '{name}': options.input_size must be [H, W] (positive integers) or "
-                                  f"'input', got {given!r}")
             self.input_size = (int(given[0]), int(given[1]))
             return
         if not getattr(processor, "do_resize", True):

@@ -37,23 +37,32 @@ constants: ImageNet for DINOv2 and SAM, OpenAI's for CLIP, 0.5 for SigLIP), bicu
 from __future__ import annotations
 
 import math
-from typing import Any
+from collections.abc import Mapping
+from typing import Annotated, Any
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 
 from ..errors import ConfigError
-from .base import Teacher, check_option_keys
-from .huggingface import load_pretrained
+from .base import PixelSize, Teacher, source_options
+from .hf_loading import HubOptions, load_kwargs, load_pretrained
 
-#: model_type -> family; what build_hf_teacher routes to this adapter
+#: model_type -> family; what the ``hf`` source routes to this adapter
 FEATURE_MODEL_TYPES = {
     "dinov2": "dinov2", "dinov2_with_registers": "dinov2",
     "clip": "clip", "clip_vision_model": "clip",
     "siglip": "siglip", "siglip_vision_model": "siglip",
     "sam": "sam", "sam_vision_model": "sam",
 }
-FEATURE_OPTION_KEYS = ("revision", "input_size", "layer", "grid_stride")
+
+
+class Options(HubOptions):
+    layer: Annotated[int, Field(strict=True)] | None = Field(None, description="index into hidden_states "
+                                                             "(default: the output)")
+    input_size: PixelSize | None = Field(None, description="[H, W] the encoder sees")
+    grid_stride: float | None = Field(None, gt=0, description="image pixels per output token")
+
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 #: family -> (mean, std) when the folder has no image processor
 DEFAULT_STATS = {
@@ -67,19 +76,19 @@ DEFAULT_STATS = {
 class HuggingFaceFeatureTeacher(Teacher):
     """Patch-token feature maps ``(B, C, h, w)`` of a hub vision encoder, one copy per features task."""
 
-    def __init__(self, name: str, path: str, tasks: list[str] | None = None, *, depth_convention: str | None = None,
-                 class_map: str | None = None, student_classes: list[str] | None = None,
-                 trust_remote_code: bool = False, options: dict[str, Any] | None = None):
-        import transformers
+    recipe_covers_options = True
 
-        options = check_option_keys(name, options, FEATURE_OPTION_KEYS, "hf feature")
+    def __init__(self, name: str, path: str, tasks: list[str] | None = None, *, depth_convention: str | None = None,
+                 class_map: str | None = None, trust_remote_code: bool = False,
+                 options: Options | Mapping[str, Any] | None = None):
+        import transformers  # optional heavy dependency
+
+        options = source_options(Options, options, name, "hf feature")
         if not tasks:
             raise ConfigError(f"teacher '{name}': a feature teacher needs tasks: [<name of a features task>]")
         if class_map or depth_convention:
             raise ConfigError(f"teacher '{name}' is a feature encoder: class_map and depth_convention do not apply")
-        kwargs: dict[str, Any] = {"trust_remote_code": trust_remote_code}
-        if options.get("revision"):
-            kwargs["revision"] = options["revision"]
+        kwargs = load_kwargs(trust_remote_code, options)
         config = load_pretrained(transformers.AutoConfig, path, name, **kwargs)
         if config.model_type not in FEATURE_MODEL_TYPES:
             raise ConfigError(f"teacher '{name}': '{path}' is a {config.model_type} model; feature teachers cover "
@@ -106,24 +115,14 @@ class HuggingFaceFeatureTeacher(Teacher):
         self._setup_statistics(path, name, kwargs)
         self.freeze()
 
-    def _check_options(self, name: str, options: dict[str, Any], vision: Any
+    def _check_options(self, name: str, options: Options, vision: Any
                        ) -> tuple[int | None, tuple[int, int] | None, float]:
-        layer = options.get("layer")
-        if layer is not None:
-            count = int(vision.num_hidden_layers) + 1  # hidden_states: embeddings, then every block
-            if isinstance(layer, bool) or not isinstance(layer, int) or not -count <= layer < count:
-                raise ConfigError(f"teacher '{name}': option layer must be an integer index into the {count} "
-                                  f"hidden states (0 .. {count - 1}, or negative from the end), got {layer!r}")
-        input_size = options.get("input_size")
-        if input_size is not None:
-            if (not isinstance(input_size, (list, tuple)) or len(input_size) != 2
-                    or not all(isinstance(v, int) and v > 0 for v in input_size)):
-                raise ConfigError(f"teacher '{name}': option input_size must be [H, W] in pixels, got {input_size!r}")
-            input_size = (int(input_size[0]), int(input_size[1]))
-        stride = options.get("grid_stride")
-        if stride is not None and (isinstance(stride, bool) or not isinstance(stride, (int, float)) or stride <= 0):
-            raise ConfigError(f"teacher '{name}': option grid_stride must be a positive number of pixels per "
-                              f"token, got {stride!r}")
+        layer, input_size, stride = options.layer, options.input_size, options.grid_stride
+        count = int(vision.num_hidden_layers) + 1  # hidden_states: embeddings, then every block
+        if layer is not None and not -count <= layer < count:
+            raise ConfigError(f"teacher '{name}': option layer must be an integer index into the {count} "
+                              f"hidden states (0 .. {count - 1}, or negative from the end), got {layer!r}")
+        input_size = tuple(input_size) if input_size is not None else None
         if self.family == "sam" and (input_size is not None or stride is not None):
             raise ConfigError(f"teacher '{name}': SAM's encoder takes a fixed {self.image_size}×{self.image_size} "
                               "input (the image's longest side is resized to it); input_size and grid_stride do "

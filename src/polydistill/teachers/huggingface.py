@@ -1,6 +1,6 @@
 """``hf:`` teachers: depth, semantic-segmentation and feature-encoder models from the Hugging Face hub.
 
-:func:`build_hf_teacher` (the ``hf`` source) reads the model's config and picks the adapter: vision encoders
+:func:`build` (the ``hf`` source) reads the model's config and picks the adapter: vision encoders
 (DINOv2 with or without registers, CLIP, SigLIP, SAM's image encoder) become a
 :class:`~polydistill.teachers.hf_features.HuggingFaceFeatureTeacher` for a features task (see that module);
 object detectors (DETR family) a :class:`~polydistill.teachers.hf_detection.HuggingFaceDetectionTeacher` for the
@@ -29,88 +29,69 @@ once with an error saying so, instead of retrying.
 from __future__ import annotations
 
 import math
-from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 
+from ..config import TeacherConfig
 from ..errors import ConfigError
-from .base import Teacher, check_option_keys
+from .base import PixelSize, Teacher, source_options
 from .class_map import resolve_class_map
-from .weights import hub_offline
+from .hf_detection import HuggingFaceDetectionTeacher, detection_model_types, is_detection_config
+from .hf_features import FEATURE_MODEL_TYPES, HuggingFaceFeatureTeacher
+from .hf_loading import HubOptions, load_kwargs, load_pretrained
+from .sources import TaskClasses
 
 #: model_type -> depth convention of its output when the config does not say
 DEPTH_CONVENTION_BY_TYPE = {"dpt": "inverse_relative", "zoedepth": "metric", "glpn": "metric"}
-OPTION_KEYS = ("input_size", "revision")
 
 
-def load_pretrained(loader: Any, path: str, name: str, **kwargs: Any) -> Any:
-    """``loader.from_pretrained`` from a local folder or the cache first; a clear error when not available."""
-    if Path(path).is_dir():
-        try:
-            return loader.from_pretrained(path, **kwargs)
-        except OSError as exc:  # no config.json, no weights file, an unreadable file
-            raise ConfigError(
-                f"teacher '{name}': cannot load {loader.__name__} from the local folder '{path}' "
-                f"({' '.join(str(exc).split())}); the folder needs what save_pretrained writes (config.json, "
-                "model.safetensors, preprocessor_config.json)") from None
-    if path.startswith(("/", "./", "../", "~")):  # a file-system path, not a hub id
-        raise ConfigError(f"teacher '{name}': the folder '{path}' does not exist; fix the path (a hub model is "
-                          "named 'org/model')")
-    try:
-        return loader.from_pretrained(path, local_files_only=True, **kwargs)
-    except OSError as cached_miss:
-        if hub_offline():
-            raise ConfigError(
-                f"teacher '{name}': '{path}' is not cached locally and HF_HUB_OFFLINE is set; download it once "
-                f"with internet (e.g. `huggingface-cli download {path}`) or point path at a local folder"
-            ) from cached_miss
-    try:
-        return loader.from_pretrained(path, **kwargs)
-    except OSError as exc:
-        raise ConfigError(
-            f"teacher '{name}': could not load '{path}' from the hub and it is not cached locally ({exc}); "
-            "check the id and your connection, or point path at a local folder"
-        ) from None
+class Options(HubOptions):
+    input_size: PixelSize | None = Field(None, description="[H, W] the model runs at (default: the "
+                                               "processor's size)")
 
 
-def build_hf_teacher(**kwargs: Any) -> Teacher:
-    """The ``hf`` source: a feature teacher for vision encoders, a detection teacher for object detectors
-    (:mod:`~polydistill.teachers.hf_detection`), else a depth / segmentation teacher."""
-    import transformers
+def build(cfg: TeacherConfig, classes: TaskClasses) -> Teacher:
+    """Hugging Face hub models: depth, semantic segmentation, DETR-family detectors or feature encoders.
 
-    from .hf_detection import HuggingFaceDetectionTeacher, detection_model_types, is_detection_config
-    from .hf_features import FEATURE_MODEL_TYPES, HuggingFaceFeatureTeacher
+    The model's config picks the adapter: a feature teacher for vision encoders
+    (:mod:`~polydistill.teachers.hf_features`), a detection teacher for object detectors
+    (:mod:`~polydistill.teachers.hf_detection`), else a depth / segmentation teacher.
+    """
+    import transformers  # optional heavy dependency: only hf teachers need it
 
-    options = kwargs.get("options") or {}
-    load_kwargs = {"trust_remote_code": kwargs.get("trust_remote_code", False)}
-    if isinstance(options, dict) and options.get("revision"):
-        load_kwargs["revision"] = options["revision"]
-    config = load_pretrained(transformers.AutoConfig, kwargs["path"], kwargs["name"], **load_kwargs)
+    revision = cfg.options.get("revision")  # checked with the rest by the adapter's Options
+    options = HubOptions(revision=revision if isinstance(revision, str) else None)
+    config = load_pretrained(transformers.AutoConfig, cfg.path, cfg.name,
+                             **load_kwargs(cfg.trust_remote_code, options))
+    common = dict(depth_convention=cfg.depth_convention, class_map=cfg.class_map,
+                  trust_remote_code=cfg.trust_remote_code, options=cfg.options)
     if is_detection_config(config):
-        return HuggingFaceDetectionTeacher(**kwargs)
+        return HuggingFaceDetectionTeacher(cfg.name, cfg.path, cfg.tasks, **common,
+                                           student_detection_classes=classes.get("detection"))
     if config.model_type in detection_model_types()[1]:
-        raise ConfigError(f"teacher '{kwargs['name']}': {config.model_type} is a text-prompted detector; hf "
+        raise ConfigError(f"teacher '{cfg.name}': {config.model_type} is a text-prompted detector; hf "
                           "detection teachers cover closed-vocabulary detectors (DETR, RT-DETR, YOLOS...)")
-    kwargs.pop("student_detection_classes", None)
     if config.model_type in FEATURE_MODEL_TYPES:
-        return HuggingFaceFeatureTeacher(**kwargs)
-    return HuggingFaceTeacher(**kwargs)
+        return HuggingFaceFeatureTeacher(cfg.name, cfg.path, cfg.tasks, **common)
+    return HuggingFaceTeacher(cfg.name, cfg.path, cfg.tasks, **common, student_classes=classes.get("semseg"))
 
 
 class HuggingFaceTeacher(Teacher):
     """Depth (``(B, 1, H, W)``) or segmentation logits (``(B, C, H, W)``) of a hub model; see the module."""
 
+    recipe_covers_options = True
+
     def __init__(self, name: str, path: str, tasks: list[str] | None = None, *, depth_convention: str | None = None,
                  class_map: str | None = None, student_classes: list[str] | None = None,
-                 trust_remote_code: bool = False, options: dict[str, Any] | None = None):
-        import transformers
+                 trust_remote_code: bool = False, options: Options | Mapping[str, Any] | None = None):
+        import transformers  # optional heavy dependency
 
-        options = check_option_keys(name, options, OPTION_KEYS, "hf")
-        kwargs = {"trust_remote_code": trust_remote_code}
-        if options.get("revision"):
-            kwargs["revision"] = options["revision"]
+        options = source_options(Options, options, name, "hf")
+        kwargs = load_kwargs(trust_remote_code, options)
         config = load_pretrained(transformers.AutoConfig, path, name, **kwargs)
         self.kind = self._kind(config, name, path)
         own_task = "depth" if self.kind == "depth" else "semseg"
@@ -154,8 +135,6 @@ class HuggingFaceTeacher(Teacher):
             return "semseg"
         if config.model_type == "dpt":
             return "semseg" if "SemanticSegmentation" in architectures else "depth"
-        from .hf_features import FEATURE_MODEL_TYPES
-
         raise ConfigError(
             f"teacher '{name}': '{path}' is a {config.model_type} model ({architectures or 'no architecture'}); "
             "hf teachers cover depth estimation, semantic segmentation and, for a features task, the feature "
@@ -173,7 +152,7 @@ class HuggingFaceTeacher(Teacher):
 
     # ---------------------------------------------------------------------------------- preprocessing
 
-    def _setup_preprocessing(self, path: str, name: str, options: dict[str, Any], kwargs: dict[str, Any]) -> None:
+    def _setup_preprocessing(self, path: str, name: str, options: Options, kwargs: dict[str, Any]) -> None:
         import transformers
 
         try:
@@ -188,7 +167,7 @@ class HuggingFaceTeacher(Teacher):
         self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1), persistent=False)
         size = getattr(processor, "size", None) or {}
-        self.input_size = tuple(options["input_size"]) if options.get("input_size") else None
+        self.input_size = tuple(options.input_size) if options.input_size else None
         if self.input_size is None and "height" in size and "width" in size:
             self.input_size = (int(size["height"]), int(size["width"]))
         self.keep_aspect_ratio = bool(getattr(processor, "keep_aspect_ratio", False))

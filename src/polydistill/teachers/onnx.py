@@ -35,20 +35,49 @@ Example entry (``teachers:`` of a config)::
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from pydantic import Field, field_validator
 
+from ..config import TeacherConfig
 from ..errors import ConfigError
 from ..registry import did_you_mean
-from .base import Teacher, check_option_keys
+from .base import PixelSize, SourceOptions, Teacher, source_options
 from .class_map import resolve_class_map
+from .sources import TaskClasses
 
 TASKS = ("depth", "semseg")
-OPTION_KEYS = ("outputs", "input_size", "mean", "std", "providers", "class_names")
+#: R, G, B
+RGB = Annotated[list[float], Field(min_length=3, max_length=3)]
+
+
+class Options(SourceOptions):
+    outputs: dict[str, str] | None = Field(None, description="task -> ONNX output name")
+    input_size: PixelSize | None = Field(None, description="[H, W] the image is resized to before running")
+    mean: RGB | None = Field(None, description="the model takes (rgb - mean) / std")
+    std: RGB | None = None
+    providers: Annotated[list[str], Field(min_length=1)] | None = Field(
+        None, description="ONNX Runtime execution providers, in order of preference")
+    class_names: Annotated[list[str], Field(min_length=1)] | None = Field(
+        None, description="names of the segmentation output's channels")
+
+    @field_validator("std")
+    @classmethod
+    def _no_zero(cls, value: list[float] | None) -> list[float] | None:
+        if value is not None and any(v == 0 for v in value):
+            raise ValueError(f"must not contain 0; got {value}")
+        return value
+
+
+def build(cfg: TeacherConfig, classes: TaskClasses) -> Teacher:
+    """An ONNX file run with ONNX Runtime (no model code is imported)."""
+    return OnnxTeacher(cfg.name, cfg.path, cfg.tasks, depth_convention=cfg.depth_convention,
+                       class_map=cfg.class_map, student_classes=classes.get("semseg"), options=cfg.options)
 DUMMY_SIZE = 224  # probe size for a dynamic-shape model whose class count the graph does not state
 _NUMPY_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
 
@@ -70,16 +99,17 @@ def _static(dim: Any) -> int | None:
 class OnnxTeacher(Teacher):
     """Runs an ONNX file with ONNX Runtime; ``options`` say which outputs teach which tasks."""
 
+    recipe_covers_options = True
+
     def __init__(self, name: str, path: str | Path, tasks: list[str] | None = None, *,
                  depth_convention: str | None = None, class_map: str | None = None,
-                 student_classes: list[str] | None = None, trust_remote_code: bool = False,
-                 options: dict[str, Any] | None = None):
-        opts = self._check_options(name, options)
+                 student_classes: list[str] | None = None, options: Options | Mapping[str, Any] | None = None):
+        opts = source_options(Options, options, name, "ONNX")
         file = Path(path).expanduser()
         if not file.is_file():
             raise ConfigError(f"teacher '{name}': ONNX file not found: {file}")
         ort = _import_onnxruntime()
-        providers = self._providers(name, ort, opts.get("providers"))
+        providers = self._providers(name, ort, opts.providers)
         try:
             session = ort.InferenceSession(str(file), providers=providers)
         except Exception as exc:  # onnxruntime raises its own exception types
@@ -99,7 +129,7 @@ class OnnxTeacher(Teacher):
         output_shapes = {o.name: list(o.shape) for o in session.get_outputs()}
         available = list(output_shapes)
 
-        outputs = opts.get("outputs")
+        outputs = opts.outputs
         if outputs is None:
             outputs = {t: t for t in TASKS if t in output_shapes}
         for task, output in outputs.items():
@@ -121,12 +151,12 @@ class OnnxTeacher(Teacher):
             raise ConfigError(f"teacher '{name}': class_map needs the teacher to teach semseg")
         super().__init__(name, tuple(chosen), depth_convention=depth_convention or "metric")
 
-        input_size = opts.get("input_size")
+        input_size = opts.input_size
         if input_size is None:
             h, w = _static(model_input.shape[2]), _static(model_input.shape[3])
             input_size = [h, w] if h and w else None
 
-        mean, std = opts.get("mean"), opts.get("std")
+        mean, std = opts.mean, opts.std
         self._session = session
         self._input_name = model_input.name
         self._input_dtype = _NUMPY_TYPES[model_input.type]
@@ -144,7 +174,7 @@ class OnnxTeacher(Teacher):
                 raise ConfigError(f"teacher '{name}': ONNX output '{outputs['semseg']}' has shape {shape}; "
                                   "segmentation must be logits (B, K, H, W)")
             num_classes = _static(shape[1]) or self._probe_channels(outputs["semseg"])
-            class_names = opts.get("class_names")
+            class_names = opts.class_names
             if class_names is not None and len(class_names) != num_classes:
                 raise ConfigError(f"teacher '{name}': options.class_names has {len(class_names)} names but "
                                   f"the segmentation output has {num_classes} channels")
@@ -153,39 +183,6 @@ class OnnxTeacher(Teacher):
         self.freeze()
 
     # --- construction helpers -------------------------------------------------------------------------
-
-    @staticmethod
-    def _check_options(name: str, options: dict[str, Any] | None) -> dict[str, Any]:
-        opts = check_option_keys(name, options, OPTION_KEYS, "ONNX")
-        outputs = opts.get("outputs")
-        if outputs is not None and (not isinstance(outputs, dict)
-                                    or not all(isinstance(k, str) and isinstance(v, str) for k, v in outputs.items())):
-            raise ConfigError(f"teacher '{name}': options.outputs must map tasks to ONNX output names, "
-                              f"e.g. {{depth: depth}}; got {outputs!r}")
-        size = opts.get("input_size")
-        if size is not None and (not isinstance(size, (list, tuple)) or len(size) != 2
-                                 or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in size)):
-            raise ConfigError(f"teacher '{name}': options.input_size must be [H, W] (positive integers) or null; "
-                              f"got {size!r}")
-        for key in ("mean", "std"):
-            value = opts.get(key)
-            if value is None:
-                continue
-            if (not isinstance(value, (list, tuple)) or len(value) != 3
-                    or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)):
-                raise ConfigError(f"teacher '{name}': options.{key} must be 3 numbers (R, G, B); got {value!r}")
-            if key == "std" and any(v == 0 for v in value):
-                raise ConfigError(f"teacher '{name}': options.std must not contain 0; got {value!r}")
-        providers = opts.get("providers")
-        if providers is not None and (not isinstance(providers, (list, tuple)) or not providers
-                                      or not all(isinstance(p, str) for p in providers)):
-            raise ConfigError(f"teacher '{name}': options.providers must be a non-empty list of ONNX Runtime "
-                              f"execution providers; got {providers!r}")
-        names = opts.get("class_names")
-        if names is not None and (not isinstance(names, (list, tuple)) or not names
-                                  or not all(isinstance(n, str) for n in names)):
-            raise ConfigError(f"teacher '{name}': options.class_names must be a list of class names; got {names!r}")
-        return opts
 
     @staticmethod
     def _providers(name: str, ort, requested: list[str] | None) -> list[str]:

@@ -87,25 +87,73 @@ import difflib
 import inspect
 import math
 import os
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 from urllib.parse import urlparse
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field, field_validator, model_validator
 from torch import nn
 
+from ..config import TeacherConfig
 from ..errors import ConfigError
 from ..recorders import ModuleOutputRecorder
 from ..registry import did_you_mean
-from .base import Teacher, check_option_keys
+from .base import PixelSize, PositiveInt, SourceOptions, Teacher, source_options
+from .sources import TaskClasses
 from .weights import hub_offline, read_state_dict
 
-OPTION_KEYS = ("pretrained", "pretrained_cfg_overlay", "checkpoint", "layer", "module", "norm", "input_size",
-               "grid_stride", "timm_kwargs")
 #: create_model arguments the teacher sets itself
 RESERVED_KWARGS = ("pretrained", "pretrained_cfg", "pretrained_cfg_overlay", "checkpoint_path", "features_only",
                    "out_indices", "model_name")
+
+
+class Options(SourceOptions):
+    """See the module docstring."""
+
+    pretrained: Annotated[bool, Field(strict=True)] | None = Field(
+        None, description="load timm's pretrained weights (default: true unless checkpoint is given)")
+    pretrained_cfg_overlay: dict[str, Any] = Field(default_factory=dict, description="merged into pretrained_cfg")
+    checkpoint: str | None = Field(None, description="a local state dict in timm's key names, loaded strictly")
+    layer: Annotated[int, Field(strict=True)] | None = Field(None, description="forward_intermediates index")
+    module: Annotated[str, Field(min_length=1)] | None = Field(None, description="dotted module path to read")
+    norm: Annotated[bool, Field(strict=True)] | None = Field(None, description="apply the final norm to layer "
+                                                             "features")
+    input_size: PixelSize | PositiveInt | None = Field(None, description="[H, W] reference size")
+    grid_stride: PositiveInt | None = Field(None, description="input pixels per output token")
+    timm_kwargs: dict[str, Any] = Field(default_factory=dict, description="extra timm.create_model arguments")
+
+    @field_validator("timm_kwargs")
+    @classmethod
+    def _not_reserved(cls, value: dict[str, Any]) -> dict[str, Any]:
+        reserved = sorted(set(value) & set(RESERVED_KWARGS))
+        if reserved:
+            raise ValueError(f"may not set {', '.join(reserved)} (use the teacher's own options)")
+        return value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Options:
+        if self.pretrained and self.checkpoint is not None:
+            raise ValueError("options.checkpoint replaces the pretrained weights; remove pretrained: true")
+        if self.layer is not None and self.module is not None:
+            raise ValueError("set options.layer or options.module, not both")
+        if self.norm is not None and self.module is not None:
+            raise ValueError("options.norm applies to layer features, not to a module's output")
+        return self
+
+
+def build(cfg: TeacherConfig, classes: TaskClasses) -> Teacher:
+    """timm image models (DINOv2, ConvNeXt, ResNet...) as frozen feature encoders for features tasks."""
+    if cfg.class_map is not None:
+        raise ConfigError(f"teacher '{cfg.name}': class_map means nothing for a timm feature teacher; remove it")
+    if cfg.depth_convention is not None:
+        raise ConfigError(f"teacher '{cfg.name}': depth_convention means nothing for a timm feature teacher; "
+                          "remove it")
+    return TimmTeacher(cfg.name, cfg.path, cfg.tasks, options=cfg.options)
+
+
 #: size of the dry forward that measures channels and stride (non-square, so channels-last outputs stand out)
 PROBE_SIZE = (128, 192)
 
@@ -190,23 +238,6 @@ def _load_checkpoint(teacher: str, model: nn.Module, model_name: str, path: Path
                           "pretrained_cfg_overlay: {file: ...}, which lets timm convert it")
 
 
-def _positive_int(teacher: str, key: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"teacher '{teacher}': options.{key} must be a positive integer, got {value!r}")
-    return value
-
-
-def _parse_size(teacher: str, value: Any) -> tuple[int, int] | None:
-    if value is None:
-        return None
-    if isinstance(value, int) and not isinstance(value, bool):
-        value = [value, value]
-    if (not isinstance(value, (list, tuple)) or len(value) != 2
-            or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in value)):
-        raise ConfigError(f"teacher '{teacher}': options.input_size must be [H, W] (positive integers), got {value!r}")
-    return int(value[0]), int(value[1])
-
-
 def _nearest_multiple(value: int, step: int) -> int:
     return max(1, math.floor(value / step + 0.5)) * step
 
@@ -214,37 +245,21 @@ def _nearest_multiple(value: int, step: int) -> int:
 class TimmTeacher(Teacher):
     """A frozen timm model teaching student features tasks with one of its feature maps (see the module docstring)."""
 
-    def __init__(self, name: str, path: str, tasks: list[str] | None = None, *, depth_convention: str | None = None,
-                 class_map: str | None = None, student_classes: list[str] | None = None,
-                 trust_remote_code: bool = False, options: dict[str, Any] | None = None):
-        from timm.data import resolve_model_data_config
+    recipe_covers_options = True
+
+    def __init__(self, name: str, path: str, tasks: list[str] | None = None, *,
+                 options: Options | Mapping[str, Any] | None = None):
+        from timm.data import resolve_model_data_config  # optional heavy dependency
 
         if not tasks:
             raise ConfigError(f"teacher '{name}': a feature teacher needs tasks: [<name of a features task>] "
                               "(the student's features task(s) it teaches)")
-        if class_map is not None:
-            raise ConfigError(f"teacher '{name}': class_map means nothing for a timm feature teacher; remove it")
-        if depth_convention is not None:
-            raise ConfigError(f"teacher '{name}': depth_convention means nothing for a timm feature teacher; "
-                              "remove it")
         check_model_name(name, path)
-        options = check_option_keys(name, options, OPTION_KEYS, "timm")
-
-        # -- options ---------------------------------------------------------------------------------
-        checkpoint = options.get("checkpoint")
-        if checkpoint is not None and not isinstance(checkpoint, (str, os.PathLike)):
-            raise ConfigError(f"teacher '{name}': options.checkpoint must be a file path, got {checkpoint!r}")
-        pretrained = options.get("pretrained", checkpoint is None)
-        if not isinstance(pretrained, bool):
-            raise ConfigError(f"teacher '{name}': options.pretrained must be true or false, got {pretrained!r}")
-        if pretrained and checkpoint is not None:
-            raise ConfigError(f"teacher '{name}': options.checkpoint replaces the pretrained weights; "
-                              "remove pretrained: true")
-        overlay = options.get("pretrained_cfg_overlay") or {}
-        if not isinstance(overlay, dict):
-            raise ConfigError(f"teacher '{name}': options.pretrained_cfg_overlay must be a mapping such as "
-                              f"{{file: /path/model.safetensors}}, got {overlay!r}")
-        overlay = dict(overlay)
+        opts = source_options(Options, options, name, "timm")
+        checkpoint, layer, module, norm, grid_stride = opts.checkpoint, opts.layer, opts.module, opts.norm, \
+            opts.grid_stride
+        pretrained = opts.pretrained if opts.pretrained is not None else checkpoint is None
+        overlay = dict(opts.pretrained_cfg_overlay)
         if overlay.get("file") is not None:
             if not pretrained:
                 raise ConfigError(f"teacher '{name}': pretrained_cfg_overlay.file is loaded only with "
@@ -253,32 +268,9 @@ class TimmTeacher(Teacher):
             if not file.is_file():
                 raise ConfigError(f"teacher '{name}': pretrained_cfg_overlay.file not found: {file}")
             overlay["file"] = str(file)
-        layer = options.get("layer")
-        module = options.get("module")
-        if layer is not None and module is not None:
-            raise ConfigError(f"teacher '{name}': set options.layer or options.module, not both")
-        if layer is not None and (isinstance(layer, bool) or not isinstance(layer, int)):
-            raise ConfigError(f"teacher '{name}': options.layer must be an integer index (-1: last), got {layer!r}")
-        if module is not None and (not isinstance(module, str) or not module):
-            raise ConfigError(f"teacher '{name}': options.module must be a dotted module path such as 'blocks.8', "
-                              f"got {module!r}")
-        norm = options.get("norm")
-        if norm is not None and not isinstance(norm, bool):
-            raise ConfigError(f"teacher '{name}': options.norm must be true or false, got {norm!r}")
-        if norm is not None and module is not None:
-            raise ConfigError(f"teacher '{name}': options.norm applies to layer features, not to a module's output")
-        input_size = _parse_size(name, options.get("input_size"))
-        grid_stride = options.get("grid_stride")
-        if grid_stride is not None:
-            grid_stride = _positive_int(name, "grid_stride", grid_stride)
-        timm_kwargs = options.get("timm_kwargs") or {}
-        if not isinstance(timm_kwargs, dict) or not all(isinstance(k, str) for k in timm_kwargs):
-            raise ConfigError(f"teacher '{name}': options.timm_kwargs must be a mapping of create_model arguments, "
-                              f"got {timm_kwargs!r}")
-        reserved = sorted(set(timm_kwargs) & set(RESERVED_KWARGS))
-        if reserved:
-            raise ConfigError(f"teacher '{name}': options.timm_kwargs may not set {', '.join(reserved)} "
-                              "(use the teacher's own options)")
+        size = opts.input_size
+        input_size = None if size is None else (size, size) if isinstance(size, int) else (size[0], size[1])
+        timm_kwargs = opts.timm_kwargs
 
         # -- model -----------------------------------------------------------------------------------
         if pretrained and overlay.get("file") is None:

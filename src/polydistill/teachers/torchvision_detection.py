@@ -65,24 +65,33 @@ from __future__ import annotations
 import difflib
 import math
 from abc import abstractmethod
-from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 import torch
+from pydantic import Field
 
+from ..config import TeacherConfig
 from ..errors import ConfigError
 from ..registry import did_you_mean
 from ..tasks.detection import DetectionTask
-from .base import Teacher, check_option_keys
+from .base import Teacher, source_options
 from .class_map import ClassMap
-from .torchvision_models import TorchvisionTeacher, build_offline, require_cached, segmentation_models
-from .weights import read_state_dict
+from .sources import TaskClasses
+from .torchvision_models import TorchvisionTeacher, WeightsOptions, build_offline, load_model, segmentation_models
 
-OPTION_KEYS = ("weights", "weights_file", "num_classes", "class_names", "min_score", "stride", "min_size", "max_size")
 #: torchvision's placeholder categories: never a class to teach
 PLACEHOLDER_CLASSES = ("__background__", "N/A")
 DEFAULT_MIN_SCORE = 0.05
 DEFAULT_STRIDE = 4
+
+
+class Options(WeightsOptions):
+    class_names: list[str] | None = Field(None, description="the teacher's class names, one per label id")
+    min_score: float = Field(DEFAULT_MIN_SCORE, ge=0.0, le=1.0, description="boxes scoring below it are dropped")
+    stride: int = Field(DEFAULT_STRIDE, gt=0, strict=True, description="stride of the task-space grid")
+    min_size: int | None = Field(None, gt=0, strict=True, description="torchvision's internal resizing")
+    max_size: int | None = Field(None, gt=0, strict=True, description="torchvision's internal resizing")
 #: state-dict key of the final classifier per builder family -> (key, anchors per location): first dim / anchors
 CLASSIFIER_KEYS = (
     ("roi_heads.box_predictor.cls_score.weight", 1),  # faster/mask/keypoint R-CNN
@@ -98,18 +107,20 @@ def detection_models() -> list[str]:
     return sorted(tvm.list_models(module=detection))
 
 
-def build_torchvision_teacher(**kwargs: Any) -> Teacher:
-    """The ``torchvision`` source: a detection builder name makes a detection teacher, a segmentation one a
-    :class:`~polydistill.teachers.torchvision_models.TorchvisionTeacher`."""
-    path = kwargs.get("path")
-    if path in detection_models():
-        return TorchvisionDetectionTeacher(**kwargs)
-    kwargs.pop("student_detection_classes", None)
+def build(cfg: TeacherConfig, classes: TaskClasses) -> Teacher:
+    """torchvision segmentation models or object detectors, by builder name (weights from the local cache)."""
+    if cfg.depth_convention not in (None, "metric"):
+        raise ConfigError(f"teacher '{cfg.name}': depth_convention means nothing for a torchvision teacher; "
+                          "remove it")
+    if cfg.path in detection_models():
+        return TorchvisionDetectionTeacher(cfg.name, cfg.path, cfg.tasks, class_map=cfg.class_map,
+                                           student_detection_classes=classes.get("detection"), options=cfg.options)
     segmentation = segmentation_models()
-    if path not in segmentation:
-        raise ConfigError(f"teacher '{kwargs.get('name')}': unknown torchvision model '{path}'"
-                          f"{did_you_mean(str(path), segmentation + detection_models())}")
-    return TorchvisionTeacher(**kwargs)
+    if cfg.path not in segmentation:
+        raise ConfigError(f"teacher '{cfg.name}': unknown torchvision model '{cfg.path}'"
+                          f"{did_you_mean(str(cfg.path), segmentation + detection_models())}")
+    return TorchvisionTeacher(cfg.name, cfg.path, cfg.tasks, class_map=cfg.class_map,
+                              student_classes=classes.get("semseg"), options=cfg.options)
 
 
 # ----------------------------------------------------------------------------------------- shared box teacher
@@ -162,25 +173,17 @@ def label_lookup(teacher: str, teacher_classes: list[str], student_classes: list
     return lookup, None
 
 
-def _positive_int(teacher: str, key: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"teacher '{teacher}': options.{key} must be a positive integer, got {value!r}")
-    return value
-
-
 class BoxTeacher(Teacher):
     """A teacher whose model outputs boxes; renders them into the detection task space (module docstring).
 
     Subclasses call :meth:`_setup_boxes` before using the teacher and implement :meth:`_detect`.
     """
 
+    recipe_covers_options = True
+
     def _setup_boxes(self, teacher_classes: list[str], class_map: str | None,
-                     student_detection_classes: list[str] | None, options: dict[str, Any]) -> None:
+                     student_detection_classes: list[str] | None, min_score: float, stride: int) -> None:
         name = self.name
-        min_score = options.get("min_score", DEFAULT_MIN_SCORE)
-        if isinstance(min_score, bool) or not isinstance(min_score, (int, float)) or not 0.0 <= min_score <= 1.0:
-            raise ConfigError(f"teacher '{name}': options.min_score must be a number in [0, 1], got {min_score!r}")
-        stride = _positive_int(name, "stride", options.get("stride", DEFAULT_STRIDE))
         if class_map is not None and student_detection_classes is None:
             raise ConfigError(f"teacher '{name}': class_map needs a detection task (with class names) in the student")
         students = (list(student_detection_classes) if student_detection_classes is not None
@@ -237,73 +240,43 @@ class BoxTeacher(Teacher):
 class TorchvisionDetectionTeacher(BoxTeacher):
     """A frozen torchvision detector teaching ``detection`` (see the module docstring)."""
 
-    def __init__(self, name: str, path: str, tasks: list[str] | None = None, *, depth_convention: str | None = None,
-                 class_map: str | None = None, student_classes: list[str] | None = None,
-                 student_detection_classes: list[str] | None = None, trust_remote_code: bool = False,
-                 options: dict[str, Any] | None = None):
-        import torchvision.models as tvm
-
+    def __init__(self, name: str, path: str, tasks: list[str] | None = None, *, class_map: str | None = None,
+                 student_detection_classes: list[str] | None = None,
+                 options: Options | Mapping[str, Any] | None = None):
         chosen = list(tasks or ["detection"])
         if chosen != ["detection"]:
             raise ConfigError(f"teacher '{name}': torchvision detectors teach detection only; got tasks {chosen}")
-        if depth_convention not in (None, "metric"):
-            raise ConfigError(f"teacher '{name}': depth_convention means nothing for a detection teacher; remove it")
         models = detection_models()
         if path not in models:
             raise ConfigError(f"teacher '{name}': unknown torchvision detection model '{path}'"
                               f"{did_you_mean(str(path), models)}")
-        options = check_option_keys(name, options, OPTION_KEYS, "torchvision detection")
+        options = source_options(Options, options, name, "torchvision detection")
+        model, weights, categories = load_model(
+            name, path, options, classes_in=lambda state: self._classifier_classes(path, state), random_classes=91,
+            build=lambda builder, **kwargs: build_offline(name, builder, path, **kwargs))
 
-        weights_file = options.get("weights_file")
-        weights_name = options.get("weights", None if weights_file else "DEFAULT")
-        weights = TorchvisionTeacher._resolve_weights(name, path, weights_name)
-        num_classes = options.get("num_classes")
-        if num_classes is not None:
-            _positive_int(name, "num_classes", num_classes)
-        categories = list(weights.meta["categories"]) if weights is not None else None
-        if categories is not None and num_classes is not None and num_classes != len(categories):
-            raise ConfigError(f"teacher '{name}': options.num_classes={num_classes} but weights {weights_name} "
-                              f"predict {len(categories)} classes; remove num_classes")
-
-        builder = tvm.get_model_builder(path)
-        if weights_file is not None:
-            state = read_state_dict(name, Path(weights_file), "options.weights_file")
-            if num_classes is None:
-                num_classes = self._infer_num_classes(name, path, state, categories)
-            model = build_offline(name, builder, path, num_classes=num_classes)
-            try:
-                model.load_state_dict(state, strict=True)
-            except RuntimeError as exc:
-                raise ConfigError(f"teacher '{name}': options.weights_file {weights_file} does not fit {path} "
-                                  f"with {num_classes} classes (set options.num_classes to match the file): "
-                                  f"{str(exc).splitlines()[0]} ...") from exc
-        elif weights is not None:
-            require_cached(name, path, weights)
-            model = build_offline(name, builder, path, weights=weights)
-        else:
-            model = build_offline(name, builder, path, num_classes=num_classes or 91)
-
-        num_classes = self._infer_num_classes(name, path, model.state_dict(), None)
+        num_classes = self._classifier_classes(path, model.state_dict())
+        if num_classes is None:
+            raise ConfigError(f"teacher '{name}': cannot tell the number of classes of {path}; set "
+                              "options.num_classes")
         if categories is not None and len(categories) != num_classes:
             categories = None  # an enum lending names to a file with another number of classes
-        class_names = options.get("class_names")
-        if class_names is not None:
-            if not isinstance(class_names, (list, tuple)) or len(class_names) != num_classes:
+        if options.class_names is not None:
+            if len(options.class_names) != num_classes:
                 raise ConfigError(f"teacher '{name}': options.class_names must list {num_classes} names, one per "
-                                  f"label id of {path}, got {class_names!r}")
-            categories = [str(c) for c in class_names]
+                                  f"label id of {path}, got {options.class_names!r}")
+            categories = list(options.class_names)
         teacher_classes = categories or [f"class_{i}" for i in range(num_classes)]
 
         fixed_size = getattr(model.transform, "fixed_size", None) is not None
-        min_size, max_size = options.get("min_size"), options.get("max_size")
+        min_size, max_size = options.min_size, options.max_size
         if fixed_size and (min_size is not None or max_size is not None):
             raise ConfigError(f"teacher '{name}': {path} runs at its fixed input size "
                               f"{tuple(model.transform.fixed_size)}; remove options.min_size / max_size")
         super().__init__(name, ("detection",), depth_convention="metric")
         self._fixed_size = fixed_size
-        self.min_size = None if min_size is None else _positive_int(name, "min_size", min_size)
-        self.max_size = None if max_size is None else _positive_int(name, "max_size", max_size)
-        self._setup_boxes(teacher_classes, class_map, student_detection_classes, options)
+        self.min_size, self.max_size = min_size, max_size
+        self._setup_boxes(teacher_classes, class_map, student_detection_classes, options.min_score, options.stride)
         if hasattr(model, "roi_heads"):  # the R-CNNs
             model.roi_heads.score_thresh = self.min_score
         elif hasattr(model, "score_thresh"):  # RetinaNet, FCOS, SSD
@@ -315,18 +288,14 @@ class TorchvisionDetectionTeacher(BoxTeacher):
         self.freeze()
 
     @staticmethod
-    def _infer_num_classes(teacher: str, model: str, state: dict[str, torch.Tensor],
-                           categories: list[str] | None) -> int:
+    def _classifier_classes(model: str, state: dict[str, torch.Tensor]) -> int | None:
         keys = CLASSIFIER_KEYS
         if model.startswith(("retinanet", "fcos")):  # 9 anchors per location for RetinaNet, none for FCOS
             keys = (("head.classification_head.cls_logits.weight", 9 if model.startswith("retinanet") else 1),)
         for key, anchors in keys:
             if key in state:
                 return int(state[key].shape[0]) // anchors
-        if categories is not None:
-            return len(categories)
-        raise ConfigError(f"teacher '{teacher}': cannot tell the number of classes from options.weights_file; "
-                          "set options.num_classes")
+        return None
 
     def recipe(self) -> dict[str, Any]:
         return {**super().recipe(), "min_size": self.min_size, "max_size": self.max_size}

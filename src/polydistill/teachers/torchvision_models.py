@@ -37,19 +37,20 @@ Example::
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
 import torch
+from pydantic import Field
 
 from ..errors import ConfigError
 from ..registry import did_you_mean
-from .base import Teacher, check_option_keys
+from .base import SourceOptions, Teacher, source_options
 from .class_map import resolve_class_map
 from .weights import read_state_dict
 
-OPTION_KEYS = ("weights", "weights_file", "num_classes", "aux_loss")
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # the final classifier of each family: its weight's first dimension is the number of classes
@@ -93,6 +94,75 @@ def build_offline(teacher: str, builder, model: str, **kwargs) -> torch.nn.Modul
         raise ConfigError(f"teacher '{teacher}': cannot build {model} with {kwargs}: {exc}") from exc
 
 
+class WeightsOptions(SourceOptions):
+    """How every torchvision teacher gets its weights (see the module docstrings)."""
+
+    weights: str | None = Field(None, description="member of the model's weights enum; 'none': random weights "
+                                "(default: DEFAULT, or none with weights_file)")
+    weights_file: str | None = Field(None, description="a local state dict loaded strictly")
+    num_classes: int | None = Field(None, gt=0, strict=True, description="classes of a random or weights_file "
+                                    "model (default: inferred from the file)")
+
+
+def resolve_weights(teacher: str, model: str, weights_name: Any):
+    """The weights enum member named ``weights_name`` (None for none), with a suggestion when it is not one."""
+    import torchvision.models as tvm  # optional heavy dependency
+
+    if weights_name is None or (isinstance(weights_name, str) and weights_name.lower() == "none"):
+        return None
+    enum = tvm.get_model_weights(model)
+    members = list(enum.__members__)
+    if not isinstance(weights_name, str) or weights_name not in enum.__members__:
+        raise ConfigError(f"teacher '{teacher}': '{weights_name}' is not a weights name of {model} "
+                          f"({enum.__name__}){did_you_mean(str(weights_name), members + ['none'])}")
+    return enum[weights_name]
+
+
+def load_model(teacher: str, model: str, options: WeightsOptions, *, classes_in: Callable[[dict], int | None],
+               random_classes: int, build: Callable[..., torch.nn.Module],
+               file_kwargs: Callable[[dict], dict[str, Any]] = lambda state: {}, fit_hint: str = "num_classes"
+               ) -> tuple[torch.nn.Module, Any, list[str] | None]:
+    """``(model, weights enum member or None, its categories)`` from ``weights`` / ``weights_file`` /
+    ``num_classes``, never downloading. ``classes_in(state)``: the classes a state dict's classifier predicts;
+    ``build(**kwargs)`` builds the model; ``file_kwargs(state)``: more build arguments read from a file."""
+    import torchvision.models as tvm  # optional heavy dependency
+
+    weights_file = options.weights_file
+    weights_name = options.weights if "weights" in options.model_fields_set else (
+        None if weights_file else "DEFAULT")
+    weights = resolve_weights(teacher, model, weights_name)
+    num_classes = options.num_classes
+    categories = list(weights.meta["categories"]) if weights is not None else None
+    if categories is not None and num_classes is not None and num_classes != len(categories):
+        raise ConfigError(f"teacher '{teacher}': options.num_classes={num_classes} but weights {weights_name} "
+                          f"predict {len(categories)} classes; remove num_classes")
+    builder = tvm.get_model_builder(model)
+    if weights_file is None and weights is not None:
+        require_cached(teacher, model, weights)
+        return build(builder, weights=weights), weights, categories
+    if weights_file is None:
+        return build(builder, num_classes=num_classes or random_classes), weights, categories
+    state = read_state_dict(teacher, Path(weights_file), "options.weights_file")
+    if num_classes is None:
+        num_classes = classes_in(state) or (len(categories) if categories is not None else None)
+    if num_classes is None:
+        raise ConfigError(f"teacher '{teacher}': cannot tell the number of classes from options.weights_file; "
+                          "set options.num_classes")
+    net = build(builder, num_classes=num_classes, **file_kwargs(state))
+    try:
+        net.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise ConfigError(f"teacher '{teacher}': options.weights_file {weights_file} does not fit {model} "
+                          f"with {num_classes} classes (set options.{fit_hint} to match the file): "
+                          f"{str(exc).splitlines()[0]} ...") from exc
+    return net, weights, categories
+
+
+class Options(WeightsOptions):
+    aux_loss: bool | None = Field(None, strict=True, description="build the auxiliary head (default: inferred "
+                                  "from weights_file, else false)")
+
+
 def _normalisation(weights) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """Mean/std of the weights' own preprocessing, ImageNet's when it does not say."""
     if weights is None:
@@ -110,62 +180,40 @@ def _normalisation(weights) -> tuple[tuple[float, ...], tuple[float, ...]]:
 class TorchvisionTeacher(Teacher):
     """A frozen torchvision semantic segmentation model teaching ``semseg`` (see the module docstring)."""
 
-    def __init__(self, name: str, path: str, tasks: list[str] | None = None, *, depth_convention: str | None = None,
-                 class_map: str | None = None, student_classes: list[str] | None = None,
-                 trust_remote_code: bool = False, options: dict[str, Any] | None = None):
-        import torchvision.models as tvm
+    recipe_covers_options = True
 
+    def __init__(self, name: str, path: str, tasks: list[str] | None = None, *, class_map: str | None = None,
+                 student_classes: list[str] | None = None, options: Options | Mapping[str, Any] | None = None):
         chosen = list(tasks or ["semseg"])
         if chosen != ["semseg"]:
             raise ConfigError(f"teacher '{name}': torchvision segmentation models teach semseg only (a "
                               "detection builder such as fasterrcnn_resnet50_fpn teaches detection); "
                               f"got tasks {chosen}")
-        if depth_convention not in (None, "metric"):
-            raise ConfigError(f"teacher '{name}': depth_convention means nothing for a semseg teacher; remove it")
         models = segmentation_models()
         if path not in models:
             raise ConfigError(f"teacher '{name}': unknown torchvision segmentation model '{path}'"
                               f"{did_you_mean(str(path), models)}")
-        options = check_option_keys(name, options, OPTION_KEYS, "torchvision")
+        options = source_options(Options, options, name, "torchvision")
 
-        weights_file = options.get("weights_file")
-        weights_name = options.get("weights", None if weights_file else "DEFAULT")
-        weights = self._resolve_weights(name, path, weights_name)
-        num_classes = options.get("num_classes")
-        if num_classes is not None and (isinstance(num_classes, bool) or not isinstance(num_classes, int)
-                                        or num_classes < 1):
-            raise ConfigError(f"teacher '{name}': options.num_classes must be a positive integer, got {num_classes!r}")
-        aux_loss = options.get("aux_loss")
-        if aux_loss is not None and not isinstance(aux_loss, bool):
-            raise ConfigError(f"teacher '{name}': options.aux_loss must be true or false, got {aux_loss!r}")
-        categories = list(weights.meta["categories"]) if weights is not None else None
-        if categories is not None and num_classes is not None and num_classes != len(categories):
-            raise ConfigError(f"teacher '{name}': options.num_classes={num_classes} but weights {weights_name} "
-                              f"predict {len(categories)} classes; remove num_classes")
+        def build(builder, **kwargs) -> torch.nn.Module:
+            if "weights" not in kwargs:
+                kwargs.setdefault("aux_loss", bool(options.aux_loss))
+            if not kwargs.get("aux_loss"):
+                kwargs.pop("aux_loss", None)  # lraspp refuses the argument; the others default to False
+            return build_offline(name, builder, path, **kwargs)
 
-        builder = tvm.get_model_builder(path)
-        if weights_file is not None:
-            state = read_state_dict(name, Path(weights_file), "options.weights_file")
-            if num_classes is None:
-                num_classes = self._infer_num_classes(name, state, categories)
-            if aux_loss is None:
-                aux_loss = any(k.startswith("aux_classifier.") for k in state)
-            model = self._build(name, builder, path, num_classes=num_classes, aux_loss=aux_loss)
-            try:
-                model.load_state_dict(state, strict=True)
-            except RuntimeError as exc:
-                raise ConfigError(f"teacher '{name}': options.weights_file {weights_file} does not fit {path} "
-                                  f"with {num_classes} classes (set options.num_classes / aux_loss to match "
-                                  f"the file): {str(exc).splitlines()[0]} ...") from exc
-        elif weights is not None:
-            require_cached(name, path, weights)
-            model = self._build(name, builder, path, weights=weights)
-        else:
-            model = self._build(name, builder, path, num_classes=num_classes or 21, aux_loss=bool(aux_loss))
+        def from_file(state: dict) -> dict[str, Any]:
+            aux = options.aux_loss
+            return {"aux_loss": any(k.startswith("aux_classifier.") for k in state) if aux is None else aux}
+
+        model, weights, categories = load_model(name, path, options, classes_in=self._classifier_classes,
+                                                random_classes=21, build=build, file_kwargs=from_file,
+                                                fit_hint="num_classes / aux_loss")
         if getattr(model, "aux_classifier", None) is not None:
             model.aux_classifier = None  # the teacher answers with "out" only; skip the auxiliary head's compute
 
-        num_classes = self._count_classes(model, num_classes, categories)
+        num_classes = self._classifier_classes(model.state_dict()) or options.num_classes or (
+            len(categories) if categories else 21)
         if categories is not None and len(categories) != num_classes:
             categories = None  # an enum lending names to a file with another number of classes
         super().__init__(name, ("semseg",), depth_convention="metric",
@@ -181,41 +229,11 @@ class TorchvisionTeacher(Teacher):
         self.freeze()
 
     @staticmethod
-    def _resolve_weights(teacher: str, model: str, weights_name: Any):
-        import torchvision.models as tvm
-
-        if weights_name is None or (isinstance(weights_name, str) and weights_name.lower() == "none"):
-            return None
-        enum = tvm.get_model_weights(model)
-        members = list(enum.__members__)
-        if not isinstance(weights_name, str) or weights_name not in enum.__members__:
-            raise ConfigError(f"teacher '{teacher}': '{weights_name}' is not a weights name of {model} "
-                              f"({enum.__name__}){did_you_mean(str(weights_name), members + ['none'])}")
-        return enum[weights_name]
-
-    @staticmethod
-    def _infer_num_classes(teacher: str, state: dict[str, torch.Tensor], categories: list[str] | None) -> int:
+    def _classifier_classes(state: dict[str, torch.Tensor]) -> int | None:
         for key in CLASSIFIER_KEYS:
             if key in state:
                 return int(state[key].shape[0])
-        if categories is not None:
-            return len(categories)
-        raise ConfigError(f"teacher '{teacher}': cannot tell the number of classes from options.weights_file; "
-                          "set options.num_classes")
-
-    @staticmethod
-    def _build(teacher: str, builder, model: str, **kwargs) -> torch.nn.Module:
-        if not kwargs.get("aux_loss"):
-            kwargs.pop("aux_loss", None)  # lraspp refuses the argument; the others default to False
-        return build_offline(teacher, builder, model, **kwargs)
-
-    @staticmethod
-    def _count_classes(model: torch.nn.Module, num_classes: int | None, categories: list[str] | None) -> int:
-        state = model.state_dict()
-        for key in CLASSIFIER_KEYS:
-            if key in state:
-                return int(state[key].shape[0])
-        return num_classes or (len(categories) if categories else 21)
+        return None
 
     def _predict(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         x = (images.to(self.mean.dtype) - self.mean) / self.std

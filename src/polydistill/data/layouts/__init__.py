@@ -17,7 +17,7 @@ from ...registry import did_you_mean
 from .base import Layout
 from .cityscapes import CityscapesLayout
 from .coco import CocoLayout
-from .folder import FolderLayout
+from .folder import EXTRA_FOLDERS, FolderLayout, label_folders
 from .nyuv2 import NYUv2Layout, NYUv2NpyLayout
 
 #: ``data.format`` -> layout
@@ -39,7 +39,8 @@ def layout_class(path: str | Path, format: str = "auto") -> type[Layout]:
     for name in DETECT_ORDER:
         if LAYOUTS[name].detect(path):
             return LAYOUTS[name]
-    if any((path / part).exists() for part in ("depth", "semseg", "boxes", "meta", "classes.yaml")):
+    parts = {*label_folders().values(), *EXTRA_FOLDERS, "classes.yaml"}
+    if any((path / part).exists() for part in parts):
         return FolderLayout  # a folder dataset without images/: its own error says so
     looked = "; ".join(f"{name}: {LAYOUTS[name].looks_for}" for name in DETECT_ORDER)
     raise DataError(f"{path} is no dataset layout polydistill knows. It looked for — {looked}. "

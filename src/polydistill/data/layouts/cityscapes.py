@@ -27,17 +27,8 @@ import numpy as np
 import torch
 
 from ...errors import DataError
-from .base import (
-    Layout,
-    LayoutOptions,
-    file_signature,
-    image_tensor,
-    lookup_labels,
-    open_image,
-    read_id_png,
-    read_json,
-    read_uint16_png,
-)
+from ...files import image_tensor, open_image, read_id_png, read_json, read_uint16_png
+from .base import Layout, LayoutOptions, file_signature, lookup_labels
 
 CLASSES = ("road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign", "vegetation",
            "terrain", "sky", "person", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle")

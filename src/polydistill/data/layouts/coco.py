@@ -31,7 +31,8 @@ import numpy as np
 import torch
 
 from ...errors import DataError
-from .base import Layout, LayoutOptions, bad_values, file_signature, image_tensor, open_image, read_json
+from ...files import bad_values, image_tensor, open_image, read_json
+from .base import Layout, LayoutOptions, file_signature
 
 ANNOTATIONS = "annotations"
 

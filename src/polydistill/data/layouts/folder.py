@@ -1,7 +1,10 @@
 """The generic folder layout: one folder per label kind beside ``images/``, so users' own data needs no code.
 
+Every registered task with a :attr:`~polydistill.tasks.Task.label_folder` has its folder here, read by the task's
+own :meth:`~polydistill.tasks.Task.read_label_file`; the built-in ones:
+
     root/
-      classes.yaml          names: [floor, wall, ...]   ignore_index: 255   (needed for semseg)
+      classes.yaml          names: [floor, wall, ...]   ignore_index: 255   (needed for semseg and detection)
       images/<id>.png|.jpg|.jpeg
       depth/<id>.png        uint16 millimetres, 0 = no measurement
       depth/<id>.npy        float32 metres (H, W); 0, nan, inf and negatives = no measurement
@@ -17,27 +20,31 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-import numpy as np
 import torch
 import yaml
 
 from ...errors import DataError
-from .base import (
-    Layout,
-    LayoutOptions,
-    file_signature,
-    image_tensor,
-    one_line,
-    open_image,
-    read_json,
-)
+from ...files import image_tensor, one_line, open_image, read_json
+from ...tasks import TASKS
+from .base import Layout, LayoutOptions, file_signature
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")
-#: label folder -> accepted extensions; a task reads the folder of the same name, detection reads boxes/
-LABEL_EXTENSIONS = {"depth": (".png", ".npy"), "semseg": (".png",), "boxes": (".json",), "meta": (".json",)}
-TASKS = ("depth", "semseg", "detection")
-DEFAULT_TASKS = ("depth", "semseg")
-LABEL_FOLDERS = {"depth": "depth", "semseg": "semseg", "detection": "boxes"}
+#: folders every folder dataset may have, whatever its tasks: boxes travel in the samples' meta (read whenever
+#: present), camera metadata too
+BOXES_FOLDER, META_FOLDER = "boxes", "meta"
+EXTRA_FOLDERS = {BOXES_FOLDER: (".json",), META_FOLDER: (".json",)}
+
+
+def label_folders() -> dict[str, str]:
+    """``{task: folder}`` for every registered task with a label folder (asked at call time, so that a task
+    registered later has its folder too)."""
+    folders = {name: TASKS.get(name).label_folder for name in TASKS}
+    return {name: folder for name, folder in folders.items() if folder is not None}
+
+
+def label_extensions() -> dict[str, tuple[str, ...]]:
+    """``{folder: accepted extensions}`` of the label folders and of ``boxes/`` and ``meta/``."""
+    return {**{TASKS.get(t).label_folder: TASKS.get(t).label_extensions for t in label_folders()}, **EXTRA_FOLDERS}
 
 
 def _list_folder(folder: Path, extensions: Sequence[str]) -> tuple[dict[str, Path], list[Path]]:
@@ -77,54 +84,6 @@ def _read_classes(path: Path) -> tuple[tuple[str, ...], int | None]:
     if ignore_index is not None and (isinstance(ignore_index, bool) or not isinstance(ignore_index, int)):
         raise DataError(f"{path}: ignore_index must be an integer, got {ignore_index!r}; {hint}")
     return tuple(names), ignore_index
-
-
-def _read_depth(path: Path) -> torch.Tensor:
-    """Depth in metres ``(1, H, W)``; anything that is not a positive finite distance becomes 0."""
-    if path.suffix.lower() == ".npy":
-        try:
-            array = np.load(path, allow_pickle=False)
-        except (OSError, ValueError) as e:
-            raise DataError(f"cannot read {path}: {one_line(e)}; save depth with numpy.save") from e
-        if array.ndim != 2 or not (
-            np.issubdtype(array.dtype, np.integer) or np.issubdtype(array.dtype, np.floating)
-        ):
-            raise DataError(
-                f"{path} holds a {array.dtype} array of shape {array.shape}; depth .npy files must be "
-                "float32 metres of shape (H, W)"
-            )
-        metres = array.astype(np.float32)
-    else:
-        image = open_image(path)
-        if image.mode not in ("I;16", "I;16B", "I;16L", "I"):
-            raise DataError(
-                f"{path} is a mode-{image.mode} PNG; depth PNGs must be 16-bit millimetres (uint16) — "
-                f"or save float metres as {path.with_suffix('.npy').name}"
-            )
-        metres = np.asarray(image).astype(np.float32) / 1000.0
-    metres[~np.isfinite(metres) | (metres <= 0)] = 0.0
-    return torch.from_numpy(metres)[None]
-
-
-def _read_semseg(path: Path, num_classes: int, ignore_index: int) -> torch.Tensor:
-    """Class ids ``(H, W)`` long, refusing ids that ``classes.yaml`` does not declare."""
-    image = open_image(path)
-    if image.mode not in ("L", "P"):
-        raise DataError(
-            f"{path} is a mode-{image.mode} PNG; semseg PNGs must hold one class id per pixel "
-            "(mode L or P) — "
-            "convert colour masks to class ids"
-        )
-    ids = np.asarray(image)
-    present = np.flatnonzero(np.bincount(ids.ravel()))
-    bad = present[(present >= num_classes) & (present != ignore_index)]
-    if bad.size:
-        shown = ", ".join(str(v) for v in bad[:8]) + (", ..." if bad.size > 8 else "")
-        raise DataError(
-            f"{path} contains class ids {shown} outside 0..{num_classes - 1} (ignore_index {ignore_index} "
-            "marks unlabelled pixels); add the classes to classes.yaml or relabel those pixels"
-        )
-    return torch.from_numpy(ids.astype(np.int64))
 
 
 def _coco_annotations(data: dict, names: Sequence[str], path: Path) -> dict:
@@ -197,11 +156,16 @@ class FolderLayout(Layout):
 
     name = "folder"
     looks_for = "an images/ folder (with optional depth/, semseg/, boxes/, meta/ and classes.yaml)"
-    label_tasks = TASKS
+    # label_tasks: every registered task with a label folder (label_folders(); the registry can grow after import)
 
     @classmethod
     def detect(cls, path: Path) -> bool:
         return (path / "images").is_dir()
+
+    @classmethod
+    def available_tasks(cls, path: Path) -> tuple[str, ...]:
+        """The registered tasks whose label folder exists at ``path``."""
+        return tuple(t for t, folder in label_folders().items() if (path / folder).is_dir())
 
     def __init__(self, path: Path, tasks: Sequence[str], split: str | None, options: LayoutOptions,
                  *, strict: bool = True):
@@ -221,23 +185,30 @@ class FolderLayout(Layout):
             found = f" (it has {len(others)} other file(s): {shown}; convert them to PNG or JPEG)" if others else ""
             raise DataError(f"{root / 'images'} holds no .png/.jpg/.jpeg images{found}; put the dataset's images "
                             "there, or point the config at the folder that has them")
+        folders = label_folders()
+        unknown = [t for t in self.tasks if t not in folders]
+        if unknown:
+            raise DataError(f"{root}: the folder layout has no label folder for task(s) {', '.join(unknown)}; it "
+                            f"reads {', '.join(folders)}")
         path = root / "classes.yaml"
         self.classes_source = str(path)
         if path.is_file():
             self.class_names, self.ignore_index = _read_classes(path)
-        elif "semseg" in self.tasks or "detection" in self.tasks:
+        elif needing := [t for t in self.tasks if TASKS.get(t).needs_class_names]:
             raise DataError(
-                f"{path} is missing; segmentation and detection need it: write 'names: [floor, wall, ...]' "
-                "(and optionally 'ignore_index: 255')"
+                f"{path} is missing; {' and '.join(needing)} need{'s' if len(needing) == 1 else ''} it: write "
+                "'names: [floor, wall, ...]' (and optionally 'ignore_index: 255')"
             )
         self.ids = tuple(sorted(images))
         self._images = images
+        self._folders = {task: folders[task] for task in self.tasks}
         self._labels: dict[str, dict[str, Path]] = {}
-        for folder in {LABEL_FOLDERS[t] for t in self.tasks} | {"boxes", "meta"}:
-            files, unused = _list_folder(root / folder, LABEL_EXTENSIONS[folder])
+        extensions = label_extensions()
+        for folder in set(self._folders.values()) | set(EXTRA_FOLDERS):
+            files, unused = _list_folder(root / folder, extensions[folder])
             self._labels[folder] = {i: p for i, p in files.items() if i in images}
             skipped += unused + [p for i, p in files.items() if i not in images]
-        self.labelled = {task: frozenset(self._labels[LABEL_FOLDERS[task]]) for task in self.tasks}
+        self.labelled = {task: frozenset(self._labels[self._folders[task]]) for task in self.tasks}
         self.skipped = skipped
         if skipped:
             shown = ", ".join(str(p.relative_to(root)) for p in skipped[:5])
@@ -251,22 +222,22 @@ class FolderLayout(Layout):
         return image_tensor(open_image(self._images[sample_id]))
 
     def read_label(self, sample_id: str, task: str, num_classes: int | None, ignore_index: int) -> torch.Tensor:
-        path = self._labels[LABEL_FOLDERS[task]][sample_id]
-        return _read_depth(path) if task == "depth" else _read_semseg(path, num_classes, ignore_index)
+        path = self._labels[self._folders[task]][sample_id]
+        return TASKS.get(task).read_label_file(path, num_classes, ignore_index)
 
     def read_boxes(self, sample_id: str, num_classes: int | None) -> tuple[torch.Tensor, torch.Tensor] | None:
-        path = self._labels["boxes"].get(sample_id)
+        path = self._labels[BOXES_FOLDER].get(sample_id)
         return None if path is None else _read_boxes(path, num_classes, self.class_names)
 
     def read_meta(self, sample_id: str) -> tuple[str | None, torch.Tensor | None]:
-        path = self._labels["meta"].get(sample_id)
+        path = self._labels[META_FOLDER].get(sample_id)
         return (None, None) if path is None else _read_meta(path)
 
     def image_file(self, sample_id: str) -> str:
         return str(self._images[sample_id])
 
     def label_file(self, sample_id: str, task: str) -> str:
-        return str(self._labels[LABEL_FOLDERS[task]][sample_id])
+        return str(self._labels[self._folders[task]][sample_id])
 
     def signature(self, sample_id: str) -> str:
         return file_signature(self._images[sample_id])

@@ -28,9 +28,10 @@ import torch
 import yaml
 
 from ...errors import DataError
-from .base import Layout, LayoutOptions, bad_values, file_signature, lookup_labels, numeric_order, one_line
+from ...files import bad_values, one_line
+from .base import Layout, LayoutOptions, file_signature, lookup_labels, numeric_order
 
-CLASS_MAPS = Path(__file__).resolve().parent.parent / "class_maps"
+CLASS_MAPS = Path(__file__).resolve().parents[2] / "class_maps"
 NYU_CLASSES = 894
 MAT_NAME = "nyu_depth_v2_labeled.mat"
 SPLIT_FILE = "splits.mat"

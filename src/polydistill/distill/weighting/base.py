@@ -22,11 +22,10 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict
 from torch import nn
 
-from ...errors import ConfigError
-from ...registry import did_you_mean
+from ...registry import parse_options
 from ...tasks import Task
 from ..objective import LossTerm
 
@@ -35,18 +34,6 @@ class Options(BaseModel):
     """Hyperparameters of one strategy; unknown keys are errors."""
 
     model_config = ConfigDict(extra="forbid")
-
-
-def parse_options(options_cls: type[Options], options: dict[str, Any], where: str) -> Any:
-    try:
-        return options_cls(**options)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        key = ".".join(str(p) for p in first["loc"])
-        if first["type"] == "extra_forbidden":
-            hint = did_you_mean(key, list(options_cls.model_fields))
-            raise ConfigError(f"{where}: unknown option '{key}'{hint}") from None
-        raise ConfigError(f"{where}: option '{key}': {first['msg']}") from None
 
 
 @dataclass(frozen=True)
