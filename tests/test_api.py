@@ -6,6 +6,7 @@ import json
 import pydoc
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -103,10 +104,19 @@ def test_load_student_predicts_every_input_kind_in_the_image_size(python_teacher
         student.predict(torch.full((3, 8, 8), 7.0))
 
 
-def test_evaluate_and_export_through_the_api(python_teacher_run, tiny_data, tmp_path):
-    run, _ = python_teacher_run
+def test_evaluate_and_export_through_the_api(python_teacher_run, tiny_data, tmp_path, monkeypatch):
+    run, teacher = python_teacher_run
     result = polydistill.evaluate(run.run_dir, tiny_data["val"])
     assert set(result["metrics"]) == {"depth", "semseg"} and result["images"] == 8
+    # the same Python teacher compares in eval, as an instance and by its dotted name (python: source)
+    (tmp_path / "my_teachers.py").write_text(
+        "import polydistill\nfrom tests.test_api import MeanDepth\n\n"
+        "def make(scale=4.0):\n    return polydistill.Teacher.from_module(MeanDepth(scale), name='x', tasks=['depth'])\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    compared = polydistill.evaluate(run.run_dir, tiny_data["val"], teachers=[teacher, "python:my_teachers:make"])
+    assert set(compared["teachers"]) == {"mine", "my_teachers:make"}
+    assert compared["teachers"]["mine"]["depth"] == compared["teachers"]["my_teachers:make"]["depth"]
+    assert set(compared["retention"]) == {"depth"}
     exported = polydistill.export(run.run_dir, tmp_path / "student.onnx")
     assert exported.ok and json.loads(exported.sidecar.read_text())["outputs"].keys() == {"depth", "semseg"}
 
@@ -116,3 +126,17 @@ def test_cache_teachers_with_a_python_teacher(python_teacher_run, tiny_data, tmp
     cfg = tiny_config(tiny_data["train"], tiny_data["val"])
     caches = polydistill.cache_teachers(cfg, tmp_path / "cache", teachers=[teacher])
     assert len(caches["train"]) == 24 and ("mine", "depth") in caches["train"].outputs
+
+
+@pytest.mark.slow
+def test_the_readme_python_example_runs_as_written(tmp_path):
+    """The README's Python API example (a custom nn.Module teacher), extracted and run unchanged."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("## Python API", 1)[1]
+    code = section.split("```python\n", 1)[1].split("```", 1)[0]
+    (tmp_path / "example.py").write_text(code)
+    done = subprocess.run([sys.executable, "example.py"], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "(120, 160) (120, 160)" in done.stdout
+    assert (tmp_path / "runs/api_example/student.onnx").is_file()
+    assert (tmp_path / "runs/api_example/run/report.html").is_file()

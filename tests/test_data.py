@@ -482,5 +482,5 @@ def test_hooks_of_the_built_in_tasks():
     assert torch.equal(scaled[:2], boxes[:2]) and torch.equal(scaled[2:], boxes[2:] * torch.tensor(
         [2.0, 0.5, 2.0, 0.5])[:, None, None])
     grid = torch.rand(2, 6, 4, 5)
-    assert detection.teacher_output_at_input(grid, (16, 20)) is grid
-    assert depth.teacher_output_at_input(torch.rand(2, 4, 5), (16, 20)).shape == (2, 1, 16, 20)
+    assert detection.resize_output(grid, (16, 20)) is grid
+    assert depth.resize_output(torch.rand(2, 4, 5), (16, 20)).shape == (2, 1, 16, 20)

@@ -80,7 +80,7 @@ def test_teacher_cache_key_ignores_paths_and_progress(tmp_path):
 def test_teacher_test_metrics_are_computed_once_per_teacher_and_split(quick_demo, monkeypatch, tmp_path):
     """The quick demo stored each cached teacher's test metrics; evaluating again reads them (no teacher runs)
     and gets the numbers the demo reported. Changed weights mean a new key, so they are evaluated afresh."""
-    from polydistill import demo
+    from polydistill.demo import story as demo
 
     cache = Path(quick_demo.env["POLYDISTILL_CACHE"])
     monkeypatch.setenv("POLYDISTILL_CACHE", str(cache))

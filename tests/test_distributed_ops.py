@@ -15,7 +15,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from polydistill import distributed as D
+from polydistill.engine import distributed as D
 from polydistill.distill.weighting.base import StepContext
 from polydistill.distill.weighting.dwa import DWAWeighting
 from polydistill.distill.weighting.gradnorm import GradNormWeighting

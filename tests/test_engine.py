@@ -29,7 +29,7 @@ def test_run_writes_config_logs_and_checkpoints(tiny_data, tmp_path):
     assert [v["step"] for v in vals] == [3, 6]
     assert set(vals[0]["metrics"]) == {"depth", "semseg"}
     best = find_checkpoint(run)
-    assert best.name == "best" and load_spec(best)["tasks"]["semseg"]["num_classes"] == 3
+    assert best.name == "best" and load_spec(best).tasks["semseg"]["num_classes"] == 3
     assert result.fit.steps == 6
 
 
@@ -100,7 +100,7 @@ def test_bf16_autocast_runs_on_cpu(tiny_data, tmp_path):
 def test_channels_last_changes_the_memory_layout_not_the_training(tiny_data, tmp_path, monkeypatch):
     """NHWC is a speed setting: the same run in either layout logs the same losses (up to float reordering in
     the convolution kernels), and its checkpoint holds the trained values (stored as ordinary contiguous tensors)."""
-    from polydistill import run as run_module
+    from polydistill.pipeline import train as run_module
 
     layouts = []
     build = run_module.build_student

@@ -90,13 +90,14 @@ def cache_teachers(config: str | Path | Mapping[str, Any] | RunConfig, out: str 
 
 
 def evaluate(checkpoint: str | Path, data: str | Path, *, size: tuple[int, int] | None = None,
-             baseline: str | Path | None = None, teachers: Sequence[str | Path] = ()) -> dict[str, Any]:
-    """Metrics of a student checkpoint (or run folder) on the dataset at ``data``; with ``teachers``
-    (checkpoints) their metrics and the student's retention, with ``baseline`` (a metrics JSON) Δm."""
+             baseline: str | Path | None = None, teachers: Sequence[str | Path | Teacher] = ()) -> dict[str, Any]:
+    """Metrics of a student checkpoint (or run folder) on the dataset at ``data``; with ``teachers`` (Teacher
+    instances, checkpoint folders or ``prefix:path`` of any source) their metrics and the student's retention,
+    with ``baseline`` (a metrics JSON) Δm; latency when the size is known."""
     h, w = size or (None, None)
     return evaluate_checkpoint(Path(checkpoint), Path(data), size=(h, w),
                                baseline=None if baseline is None else Path(baseline),
-                               teachers=[Path(t) for t in teachers])
+                               teachers=list(teachers))
 
 
 def load_student(path: str | Path) -> DistilledStudent:

@@ -94,7 +94,7 @@ def set_rng_state(state: dict[str, Any], torch_state: torch.Tensor | None) -> No
         torch.set_rng_state(torch_state)
 
 
-def save_checkpoint(directory: str | Path, *, model: nn.Module, spec: ModelSpec,
+def save_checkpoint(directory: str | Path, *, model: nn.Module, spec: ModelSpec | dict[str, Any],
                     optimizer: torch.optim.Optimizer | None = None, state: dict[str, Any] | None = None) -> Path:
     """Atomically write a checkpoint directory (see module docstring)."""
     directory = Path(directory)
@@ -106,7 +106,7 @@ def save_checkpoint(directory: str | Path, *, model: nn.Module, spec: ModelSpec,
         raise _write_error(directory, exc) from exc
     try:
         save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp / MODEL_FILE))
-        (tmp / SPEC_FILE).write_text(json.dumps(spec.to_json(), indent=2))
+        (tmp / SPEC_FILE).write_text(json.dumps(ModelSpec.of(spec).to_json(), indent=2))
         tensors: dict[str, torch.Tensor] = {"rng.torch": torch.get_rng_state()}
         full_state = {k: _split_tensors(v, k, tensors) if _has_tensor(v) else v for k, v in (state or {}).items()}
         if optimizer is not None:

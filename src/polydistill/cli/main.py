@@ -1,8 +1,9 @@
-"""The ``polydistill`` command line: demo, train, cache, report, eval, predict, export, bench, generate, config,
-modules.
+"""The ``polydistill`` command line: demo, train, cache, report, eval, predict, export, bench, data, generate,
+config, modules, list — parsing and printing over the public API (:mod:`polydistill.api`).
 
 Errors the user can fix are printed as one line (what, where, how to fix) with a non-zero exit code;
-anything else is a bug and keeps its traceback.
+anything else is a bug and keeps its traceback. Each command imports what it needs (torch, the models) inside
+its body, so ``polydistill --help`` and typos answer at once; no such import hides a cycle.
 """
 
 from __future__ import annotations
@@ -160,7 +161,8 @@ def eval_cmd(
     height: int | None = None,
     width: int | None = None,
     baseline: Annotated[Path | None, typer.Option(help="metrics JSON {task: {metric: v}} for Δm")] = None,
-    teachers: Annotated[list[Path] | None, typer.Option("--teacher", help="teacher checkpoints to compare")] = None,
+    teachers: Annotated[list[str] | None, typer.Option(
+        "--teacher", help="teachers to compare: a checkpoint folder or prefix:path of any source")] = None,
     output: Annotated[Path | None, typer.Option(help="write the results as JSON here")] = None,
 ):
     """Metrics of a checkpoint on a split; Δm against an explicit baseline; retention, size and latency."""

@@ -17,8 +17,11 @@ from typing import Any
 
 import torch
 
+from ..checkpoint import load_student_model
+from ..config import TeacherConfig
 from ..errors import ConfigError
 from ..evaluation.speed import count_parameters, measure_latency
+from ..teachers import build_teacher, parse_source
 from .export import TaskSpaceModel, export_onnx, exportable_copy, make_sidecar, onnx_runner
 
 
@@ -51,8 +54,6 @@ def build_teachers(specs: list[str]) -> dict[str, Any]:
     """Teachers from ``--teacher`` values: a polydistill checkpoint/run directory, or a source prefix as in
     configs (``onnx:file.onnx``, ``hf:org/model``, ``timm:name``, ``torchvision:name``), optionally named
     ``NAME=...`` (default name: the path's last part)."""
-    from ..config import TeacherConfig
-    from ..teachers import build_teacher, parse_source
 
     teachers: dict[str, Any] = {}
     for spec in specs:
@@ -84,7 +85,6 @@ def bench_latency(checkpoint: Path, *, onnx: Path | None = None, teachers: list[
     is exported to a temporary file first."""
     import onnxruntime
 
-    from ..checkpoint import load_student_model
 
 
     if threads:

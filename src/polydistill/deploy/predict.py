@@ -37,7 +37,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from ..checkpoint import load_student_model
@@ -144,7 +143,7 @@ def predict_one(predictor: Predictor, image: torch.Tensor) -> Prediction:
             scale = torch.tensor([size[1] / x.shape[-1], size[0] / x.shape[-2]] * 2)
             boxes[name] = (b * scale, s, labels)
         else:
-            maps[name] = F.interpolate(out, size=size, mode="bilinear", align_corners=False)[0]
+            maps[name] = task.resize_output(out, size)[0]  # the task says how its maps resize
     distance = next((maps[n] for n, t in predictor.tasks.items() if t.gives_distance and n in maps), None)
     return Prediction(image, {n: v[0] for n, v in outputs.items()}, maps, boxes, model_s, distance)
 

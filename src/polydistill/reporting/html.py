@@ -36,12 +36,14 @@ import yaml
 
 from .. import __version__
 from ..checkpoint import load_student_model
+from ..config import TeacherConfig
 from ..data import FolderDataset
 from ..engine.logging import read_steps
 from ..errors import DataError, PolydistillError
 from ..evaluation.evaluate import student_predictor
 from ..evaluation.speed import count_parameters
 from ..tasks import TASKS, Task
+from ..teachers import DEFAULT_SOURCE, CheckpointTeacher, build_teacher, parse_source
 from .figures import (
     WEIGHT_SMOOTHING,
     drawn_tasks,
@@ -435,8 +437,6 @@ def _guarded(title: str, build: Callable[[], list[Any]]) -> Section:
 
 def _teacher_sources(config: dict[str, Any], tasks: dict) -> list[TeacherSource]:
     """Builders of the run's teachers, from its config (nothing is loaded until a builder is called)."""
-    from ..config import TeacherConfig
-    from ..teachers import build_teacher
 
     classes = {name: list(task.class_names) for name, task in tasks.items() if task.target_is_label}
     return [(str(t.get("name")), lambda t=t: build_teacher(TeacherConfig.model_validate(t), classes))
@@ -564,7 +564,6 @@ def _delta(v: Any) -> str:
 
 def demo_report(out: Path, metrics: dict[str, Any], *, data: Path | None = None, teachers: bool = True) -> Report:
     """The page of a ``polydistill demo`` output folder (``metrics.json``, ``student/``, ``label_only/``)."""
-    from ..teachers import DEFAULT_SOURCE, CheckpointTeacher, parse_source
 
     out = Path(out)
     config, config_text = _read_yaml(out / "student" / "config.yaml")

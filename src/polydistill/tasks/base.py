@@ -248,9 +248,9 @@ class Task(ABC):
 
     # -- teachers and their cache ------------------------------------------------------------------------------
     @classmethod
-    def teacher_output_at_input(cls, value: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-        """A teacher's task-space output ``(B, C, h, w)`` (or ``(B, h, w)``) -> what the student learns from for
-        inputs of ``size = (H, W)``: by default resized bilinearly to the input size."""
+    def resize_output(cls, value: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+        """A task-space output ``(B, C, h, w)`` (or ``(B, h, w)``) at another size ``(H, W)``: a teacher's output
+        brought to the student's input, a prediction to the image's size (default: bilinear)."""
         if value.dim() == 3:
             value = value[:, None]
         if value.shape[-2:] != size:

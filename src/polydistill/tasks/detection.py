@@ -143,7 +143,7 @@ class DetectionTask(Task):
         return torch.cat([value[:-4], value[-4:] * torch.tensor([sx, sy, sx, sy])[:, None, None]])
 
     @classmethod
-    def teacher_output_at_input(cls, value: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    def resize_output(cls, value: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
         """Kept on the teacher's stride grid (distances in input pixels)."""
         return value
 

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torchvision.transforms.v2 import InterpolationMode
 
 from ..errors import DataError
-from ..files import open_image, one_line
+from ..files import one_line, open_image
 from . import TASKS
 from .base import Metric, Task
 
@@ -133,9 +133,9 @@ class NormalsTask(Task):
         return cls.flip_target(value)
 
     @classmethod
-    def teacher_output_at_input(cls, value: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    def resize_output(cls, value: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
         """Resized bilinearly, then back to unit length (blending two unit vectors shortens them)."""
-        return unit(super().teacher_output_at_input(value, size))
+        return unit(super().resize_output(value, size))
 
     @classmethod
     def cache_encoding(cls, default: str, semseg_topk: int | None) -> str:

@@ -162,7 +162,7 @@ class Teacher(nn.Module, ABC):
 
         Feature maps ``(B, C, h, w)`` keep the teacher's own token grid (the features task aligns the
         student to it); every other map is what its task makes of it at the input size
-        (:meth:`~polydistill.tasks.Task.teacher_output_at_input`: resized, or detection's kept on its stride grid),
+        (:meth:`~polydistill.tasks.Task.resize_output`: resized, or detection's kept on its stride grid),
         over the student's classes (:meth:`~polydistill.tasks.Task.apply_class_map`).
         """
         out = self._predict(images)
@@ -181,7 +181,7 @@ class Teacher(nn.Module, ABC):
                 result[t] = value
                 continue
             kind = task_class(t)  # a teacher's other tasks are student tasks, named by their type
-            value = kind.teacher_output_at_input(value, size)
+            value = kind.resize_output(value, size)
             if self.class_map is not None:
                 value = kind.apply_class_map(value, self.class_map)
             result[t] = value
