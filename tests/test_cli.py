@@ -126,3 +126,16 @@ def test_modules_command_lists_paths(trained_run):
     assert result.exit_code == 0 and set(result.output.split()) >= {"backbone", "neck", "heads"}
     result, _ = run_cli("modules", "timm:resnet18", "--depth", "2")
     assert result.exit_code == 0 and "layer4.1" in result.output.split()
+
+
+def test_list_prints_what_is_registered_and_refuses_an_unknown_kind():
+    result = runner.invoke(app, ["list"])
+    assert result.exit_code == 0
+    out = result.stdout
+    assert "tasks (5):" in out and "  normals" in out
+    assert "python:" in out and "hf:" in out  # teacher sources with their prefix and description
+    assert "teacher_weightings" in out and "students" not in out  # the long backbone list only on request
+    students = runner.invoke(app, ["list", "students", "--filter", "mobilenetv3_small"])
+    assert students.exit_code == 0 and "mobilenetv3_small_100" in students.stdout
+    result, text = run_cli("list", "taskz")
+    assert result.exit_code == 2 and "did you mean 'tasks'" in text
