@@ -127,6 +127,7 @@ def train(
 ):
     """Train a student (or, with one task and full labels, a teacher) from a config."""
     from .. import api
+    from ..engine.distributed import shutdown
 
     result = api.train(api.load_config(config, overrides or []), out, resume=resume)
     if result.main_process:  # under torchrun / accelerate launch, one summary
@@ -134,6 +135,7 @@ def train(
                       f"checkpoints in {out / 'checkpoints'}")
         if result.fit.best_metrics:
             console.print_json(json.dumps(result.fit.best_metrics))
+    shutdown()  # the command's process ends here: every rank leaves the process group together
 
 
 @app.command()

@@ -23,6 +23,15 @@ def rank() -> int:
     return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
 
 
+def shutdown() -> None:
+    """End a multi-process run cleanly: every rank waits for the others, then the process group is destroyed.
+    A rank that simply exits while gloo's threads still serve the group can abort (SIGABRT, "terminate called
+    without an active exception") and fail the launcher although training finished. No-op in one process."""
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()
+
+
 def _comm_device() -> torch.device:
     """gloo reduces CPU tensors, NCCL CUDA tensors."""
     backend = dist.get_backend()
