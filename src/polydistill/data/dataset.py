@@ -1,24 +1,12 @@
-"""A multi-task dataset read from a plain folder, so users' own data needs no code — or, with ``format``, from
-the upstream layouts of NYUv2, Cityscapes and COCO (see :mod:`.formats`), served the same way.
+"""The multi-task dataset every layout serves (:mod:`.layouts`: the generic folder layout, whose files are
+described in :mod:`.layouts.folder`, NYUv2, Cityscapes and COCO), so users' own data needs no code.
 
-The folder layout (every label folder and every label file is optional)::
-
-    root/
-      classes.yaml          names: [floor, wall, ...]   ignore_index: 255   (needed for semseg)
-      images/<id>.png|.jpg|.jpeg
-      depth/<id>.png        uint16 millimetres, 0 = no measurement
-      depth/<id>.npy        float32 metres (H, W); 0, nan, inf and negatives = no measurement
-      semseg/<id>.png       class ids (mode L or P); ignore_index = unlabelled
-      boxes/<id>.json       {"boxes": [[x0, y0, x1, y1], ...], "labels": [class_id, ...]}  (pixel edges),
-                            or COCO's {"annotations": [{"bbox": [x, y, w, h], "category_id": id}, ...]}
-      meta/<id>.json        {"intrinsics": 3x3, "domain": "..."}  (other keys are ignored)
-
-A sample is (with the built-in tasks; each task's class says how its labels are read, resampled and flipped)::
+A sample is ``{image, targets, valid, teacher, meta}``::
 
     {"image": (3, H, W) float in [0, 1],
-     "targets": {"depth": (1, H, W) metres, "semseg": (H, W) long,    # requested tasks only
-                 "detection": (M, 5) [x0, y0, x1, y1, class_id]},      # the boxes after augmentation
-     "valid": {"depth": bool, "semseg": bool},
+     "targets": {task: target},        # requested tasks only; each task's class says what its target is, how it
+                                       # is read, resampled and flipped; box tasks: (M, 5) [x0, y0, x1, y1, class]
+     "valid": {task: bool},            # False: the image has no such label (the target is a placeholder)
      "teacher": {name: {task: (C, H, W) float}},                      # only once attached
      "meta": {"id", "index", "domain", "intrinsics", "boxes", "box_labels"}}
 
@@ -26,14 +14,14 @@ Decisions:
 
 * Ids are image file stems, sorted, so index ``i`` is the same image on every machine and in every
   ``Subset``; ``meta["index"]`` is that index.
-* A missing label gives ``valid[task] = False`` and the task's placeholder (depth zeros, semseg all
-  ``ignore_index``; :meth:`~polydistill.tasks.Task.placeholder_target`), never a zero label.
+* A missing label gives ``valid[task] = False`` and the task's placeholder
+  (:meth:`~polydistill.tasks.Task.placeholder_target`: masked everywhere), never a zero label.
 * Files that match no image, or have an unsupported extension, are skipped with one warning at
   construction (a typo in a file name would otherwise silently become a missing label).
 * Folders are listed and ``classes.yaml`` is checked eagerly; file contents are read and checked
   lazily in ``__getitem__``, and any bad file raises :class:`DataError` naming it.
-* Which files make the samples is a :class:`~.layout.Layout` (``format``); this module holds the folder
-  layout and the dataset every layout shares.
+* Which files make the samples is a :class:`~.layouts.base.Layout` (``format``); this module holds the
+  dataset every layout shares.
 """
 
 from __future__ import annotations
