@@ -13,7 +13,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-console = Console(stderr=True)
+from .common import console, print_plain, print_status
 
 bench_app = typer.Typer(add_completion=False, no_args_is_help=True, help="Measure models side by side.")
 
@@ -38,8 +38,8 @@ def export_cmd(
 
     result = export_checkpoint(checkpoint, out, images=images, tolerance=tolerance, size=(height, width),
                                torchscript=torchscript, check=check, max_images=max_images)
-    console.print(f"wrote {result.onnx} and {result.sidecar}" + (f" and {result.torchscript}" if result.torchscript
-                                                                  else ""), highlight=False)
+    print_plain(f"wrote {result.onnx} and {result.sidecar}" + (f" and {result.torchscript}" if result.torchscript
+                                                                else ""))
     if not check:
         return
     from rich.table import Table
@@ -54,9 +54,9 @@ def export_cmd(
                           "[green]yes[/]" if diff <= tolerance else "[bold red]NO[/]")
     console.print(table)
     if not result.ok:
-        console.print(f"[bold red]parity failed[/]: a difference exceeds the tolerance {tolerance:g}", highlight=False)
+        print_status("parity failed", f": a difference exceeds the tolerance {tolerance:g}", "bold red")
         raise typer.Exit(1)
-    console.print(f"[bold green]parity ok[/] (tolerance {tolerance:g})", highlight=False)
+    print_status("parity ok", f" (tolerance {tolerance:g})")
 
 
 def bench_latency_cmd(
@@ -83,7 +83,7 @@ def bench_latency_cmd(
     (out / "latency.json").write_text(json.dumps(result, indent=2))
     (out / "latency.md").write_text(latency_markdown(result))
     Console().print(latency_table(result))
-    console.print(f"[bold green]done[/]: {out / 'latency.json'}, {out / 'latency.md'}", highlight=False)
+    print_status("done", f": {out / 'latency.json'}, {out / 'latency.md'}")
 
 
 def predict_cmd(
@@ -107,12 +107,11 @@ def predict_cmd(
     for v in summary["videos"]:
         parts.append(f"video {Path(v['input']).name}: {v['frames']} frames, {v['fps_model']:.1f} fps model only, "
                      f"{v['fps_end_to_end']:.1f} fps end to end -> {v['output']}")
-    console.print(f"[bold green]done[/] ({summary['backend']}): " + "; ".join(parts) + f" -> {out}", highlight=False)
+    print_status("done", f" ({summary['backend']}): " + "; ".join(parts) + f" -> {out}")
     if summary["skipped"]:
-        console.print(f"[yellow]skipped {len(summary['skipped'])} unreadable file(s)[/]: "
-                      + ", ".join(s["file"] for s in summary["skipped"][:10])
-                      + (" ..." if len(summary["skipped"]) > 10 else "") + f" (see {out / 'summary.json'})",
-                      highlight=False)
+        print_status(f"skipped {len(summary['skipped'])} unreadable file(s)", ": "
+                     + ", ".join(s["file"] for s in summary["skipped"][:10])
+                     + (" ..." if len(summary["skipped"]) > 10 else "") + f" (see {out / 'summary.json'})", "yellow")
 
 
 def register(app: typer.Typer, friendly_errors) -> None:

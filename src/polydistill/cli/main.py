@@ -8,8 +8,6 @@ its body, so ``polydistill --help`` and typos answer at once; no such import hid
 
 from __future__ import annotations
 
-import errno
-import functools
 import json
 import os
 import sys
@@ -17,44 +15,12 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
-from ..errors import PolydistillError
+from ..errors import ConfigError, PolydistillError
+from .common import console, friendly_errors, print_plain, print_status
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Distill many teachers into one compact multi-task student for dense prediction.")
-console = Console(stderr=True)
-
-
-#: a full disk, a read-only file system, no permission, a quota: the user fixes the storage, not the code
-STORAGE_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EDQUOT}
-
-
-def friendly_errors(fn):
-    """Print user errors on one line and exit 2, instead of a traceback."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except PolydistillError as exc:
-            console.print(f"[bold red]error:[/] {exc}", soft_wrap=True, highlight=False)
-            raise typer.Exit(2) from None
-        except OSError as exc:
-            if exc.errno not in STORAGE_ERRNOS:
-                raise
-            where = f" writing '{exc.filename}'" if exc.filename else ""
-            console.print(f"[bold red]error:[/]{where}: {exc.strerror} ({errno.errorcode[exc.errno]}); free space or "
-                          "choose a writable --out, then run again (training continues with --resume)",
-                          soft_wrap=True, highlight=False)
-            raise typer.Exit(2) from None
-        except KeyboardInterrupt:
-            console.print("[yellow]interrupted[/]")
-            raise typer.Exit(130) from None
-
-    return wrapper
-
-
 @app.command()
 @friendly_errors
 def demo(
@@ -78,16 +44,14 @@ def demo(
         raise PolydistillError(f"unknown preset '{preset}'{did_you_mean(preset, list(PRESETS))}")
     if mixed_precision not in ("no", "bf16", "fp16"):
         raise PolydistillError(f"--mixed-precision is '{mixed_precision}'; choose no, bf16 or fp16")
-    metrics = run_demo(out, preset, seed=seed, workers=workers, progress=progress, log=console.print,
+    metrics = run_demo(out, preset, seed=seed, workers=workers, progress=progress, log=print_plain,
                        mixed_precision=mixed_precision)
     s = metrics["speed"]
     primary = [(t, TASKS.get(t).primary_metric, v) for t, v in metrics["student"].items() if t in TASKS]
     headline = ", ".join(f"{t} {m} {v[m]:.4f}" for t, m, v in primary if m in v)
-    console.print(
-        f"[bold green]done[/] in {metrics['wall_s']:.0f} s — student {headline}; "
-        f"Δm vs teachers {metrics['delta_m_vs_teachers']:+.2f} %; "
-        f"{s['ratio']:.1f}× faster than the teachers together. Report: {out / 'report.md'}"
-    )
+    print_status("done", f" in {metrics['wall_s']:.0f} s — student {headline}; "
+                 f"Δm vs teachers {metrics['delta_m_vs_teachers']:+.2f} %; "
+                 f"{s['ratio']:.1f}× faster than the teachers together. Report: {out / 'report.md'}")
 
 
 @app.command()
@@ -110,11 +74,10 @@ def cache(
         info = json.loads(build.read_text()) if build.is_file() else {}
         n = len(store)
         for (teacher, task), output in store.outputs.items():
-            console.print(f"{teacher}/{task}: {output.encoding.kind}, shape {list(output.shape)}, "
-                          f"{output.size_bytes / n / 1024:.1f} KiB per image", highlight=False)
+            print_plain(f"{teacher}/{task}: {output.encoding.kind}, shape {list(output.shape)}, "
+                        f"{output.size_bytes / n / 1024:.1f} KiB per image")
         built = f"; built in {info['total_s']:.1f} s ({info['total_s'] / n * 1000:.1f} ms per image)" if info else ""
-        console.print(f"[bold green]cache ({split})[/] {store.root}: {n} images, "
-                      f"{store.size_bytes() / 2**20:.1f} MiB{built}", highlight=False)
+        print_status(f"cache ({split})", f" {store.root}: {n} images, {store.size_bytes() / 2**20:.1f} MiB{built}")
 
 
 @app.command()
@@ -131,8 +94,8 @@ def train(
 
     result = api.train(api.load_config(config, overrides or []), out, resume=resume)
     if result.main_process:  # under torchrun / accelerate launch, one summary
-        console.print(f"[bold green]done[/]: {result.fit.steps} steps; best step {result.fit.best_step}; "
-                      f"checkpoints in {out / 'checkpoints'}")
+        print_status("done", f": {result.fit.steps} steps; best step {result.fit.best_step}; "
+                             f"checkpoints in {out / 'checkpoints'}")
         if result.fit.best_metrics:
             console.print_json(json.dumps(result.fit.best_metrics))
     shutdown()  # the command's process ends here: every rank leaves the process group together
@@ -152,7 +115,7 @@ def report(
     from ..reporting.html import write_html_report
 
     path = write_html_report(run_dir, out, data=data, teachers=teachers)
-    console.print(f"[bold green]done[/]: {path}", highlight=False)
+    print_status("done", f": {path}")
 
 
 @app.command("eval")
@@ -192,7 +155,7 @@ def generate(
     from ..data.shapescenes import generate_split
 
     generate_split(out, count, seed=seed, height=height, width=width, workers=workers)
-    console.print(f"[bold green]done[/]: {count} images in {out}")
+    print_status("done", f": {count} images in {out}")
 
 
 @app.command("config")
@@ -231,18 +194,23 @@ def list_cmd(
 
 
 @app.command("modules")
+@friendly_errors
 def modules_cmd(
     model: Annotated[str, typer.Argument(help="a polydistill run/checkpoint folder, or timm:<model name>")],
     depth: Annotated[int | None, typer.Option(help="only paths with at most this many dotted parts")] = None,
 ):
     """List the module paths of a model (what recorders and feature distillation can hook)."""
     from ..recorders import module_paths
+    from ..registry import did_you_mean
     from ..teachers import parse_source
 
     source, name = parse_source(model)
     if source == "timm":
         import timm
 
+        if not timm.is_model(name):
+            raise ConfigError(f"unknown timm model '{name}'{did_you_mean(name, timm.list_models())}; "
+                              "`polydistill list students` lists them")
         net = timm.create_model(name, pretrained=False)
     else:
         from ..checkpoint import load_student_model
