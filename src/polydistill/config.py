@@ -252,25 +252,63 @@ class RunConfig(StrictModel):
 # --------------------------------------------------------------------------------------------- loading
 
 
+#: a config is a few kilobytes; these bounds make a hostile or wrong file fail fast instead of running for minutes
+MAX_CONFIG_BYTES = 1 << 20
+#: values a config may expand to (a YAML alias "bomb" of 7 lines expands to 10^7)
+MAX_CONFIG_VALUES = 100_000
+
+
+def _count_values(data: Any, path: Path) -> None:
+    """Refuse a config whose aliases expand it past :data:`MAX_CONFIG_VALUES` (counted as OmegaConf would copy it:
+    every reference again), stopping as soon as the bound is passed."""
+    count, stack = 0, [data]
+    while stack:
+        item = stack.pop()
+        count += 1
+        if count > MAX_CONFIG_VALUES:
+            raise ConfigError(f"{path}: the config expands to more than {MAX_CONFIG_VALUES:,} values (YAML aliases "
+                              "repeating themselves?); write it out without nested aliases")
+        if isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+
+
 def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> Any:
     """Read a YAML file and resolve its ``_base_`` includes (paths relative to the file)."""
     path = path.resolve()
     if path in seen:
         raise ConfigError(f"config include cycle: {' -> '.join(str(p) for p in (*seen, path))}")
     if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
+        raise ConfigError(f"config file not found: {path}" + (f" (included by {seen[-1]})" if seen else ""))
+    if path.stat().st_size > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path} is {path.stat().st_size:,} bytes; a config is a small YAML text file "
+                          f"(at most {MAX_CONFIG_BYTES:,} bytes) — is this the right file?")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path} is not a text file (not UTF-8); a config is a YAML text file") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}".replace("\n", " ")) from None
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: the top level must be a mapping of sections, got {type(data).__name__}")
+    _count_values(data, path)
     bases = data.pop("_base_", [])
     bases = [bases] if isinstance(bases, str) else bases
+    if not isinstance(bases, list) or not all(isinstance(b, str) for b in bases):
+        raise ConfigError(f"{path}: _base_ must be a file path or a list of file paths, got {bases!r}")
     merged = OmegaConf.create({})
     for base in bases:
         merged = OmegaConf.merge(merged, _read_yaml(path.parent / base, (*seen, path)))
     return OmegaConf.merge(merged, OmegaConf.create(data))
+
+
+def _apply_override(cfg: Any, item: str) -> None:
+    """``key.path=value`` (value parsed as YAML, as OmegaConf's dotlist does) set in place; list items by index
+    (``teachers.0.path=...``) included."""
+    key, _, raw = item.partition("=")
+    value = OmegaConf.to_container(OmegaConf.from_dotlist([f"value={raw}"]))["value"]
+    OmegaConf.update(cfg, key.strip(), value, merge=True)
 
 
 def _problem(item: dict[str, Any]) -> str:
@@ -316,8 +354,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if "=" not in item:
             raise ConfigError(f"override '{item}' must look like key=value, e.g. train.epochs=3")
     try:
-        if overrides:
-            cfg = OmegaConf.merge(cfg, OmegaConf.from_dotlist(list(overrides)))
+        for item in overrides or []:
+            _apply_override(cfg, item)
         plain = OmegaConf.to_container(cfg, resolve=True)
     except OmegaConfBaseException as exc:
         raise ConfigError(f"{source}: {exc}".replace("\n", " ")) from None
