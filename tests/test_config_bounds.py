@@ -62,3 +62,24 @@ def test_overrides_reach_list_items(tiny_data, tmp_path):
     assert loaded.teachers[0].path == "runs/b" and loaded.train.lr == 0.5
     with pytest.raises(ConfigError):
         load_config(tmp_path / "c.yaml", ["teachers.3.path=runs/b"])
+
+
+def test_an_impossible_image_size_is_refused_before_any_allocation(tiny_data):
+    with pytest.raises(ConfigError, match="data.height.*less than or equal to 8192"):
+        load_config(base=tiny_config(tiny_data["train"], None), overrides=["data.height=30000"])
+
+
+def test_pretrained_backbone_offline_is_one_clear_error():
+    """Not cached and no network: a ConfigError saying what to do (the test runs offline in a subprocess)."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("from polydistill.students.student import create_backbone\n"
+            "from polydistill.errors import ConfigError\n"
+            "try:\n    create_backbone('mobilenetv3_small_050', pretrained=True)\n"
+            "except ConfigError as e:\n    print('CONFIG', e)\n")
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": "/nonexistent-polydistill-test"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120).stdout
+    assert out.startswith("CONFIG cannot load timm's pretrained weights for 'mobilenetv3_small_050'")
+    assert "student.pretrained: false" in out

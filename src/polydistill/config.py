@@ -43,6 +43,10 @@ class AugmentConfig(StrictModel):
         return v
 
 
+#: the largest training side: a batch of two 8192×8192 images already takes 1.5 GiB before any network
+MAX_IMAGE_SIDE = 8192
+
+
 class DataConfig(StrictModel):
     train: str = Field(description="dataset used for training (a folder, or the NYUv2 .mat file)")
     val: str | None = Field(None, description="dataset for periodic validation (never the train set; may be the "
@@ -56,8 +60,8 @@ class DataConfig(StrictModel):
     format_options: dict[str, Any] = Field(
         default_factory=dict, description="format settings, checked by the format: nyuv2 {classes: 13|40, "
         "split_file, depth: depths|rawDepths}; coco {crowd: skip|keep}")
-    height: int = Field(96, gt=0, description="images are resized to this size")
-    width: int = Field(128, gt=0)
+    height: int = Field(96, gt=0, le=MAX_IMAGE_SIDE, description="images are resized to this size")
+    width: int = Field(128, gt=0, le=MAX_IMAGE_SIDE)
     batch_size: int = Field(16, gt=0)
     num_workers: int = Field(0, ge=0)
     augment: AugmentConfig = AugmentConfig()

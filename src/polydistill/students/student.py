@@ -35,7 +35,14 @@ def create_backbone(name: str, pretrained: bool = False) -> nn.Module:
     probe = timm.create_model(name, pretrained=False, features_only=True)
     reductions = probe.feature_info.reduction()
     indices = tuple(i for i, r in enumerate(reductions) if r >= 4)[-4:]
-    return timm.create_model(name, pretrained=pretrained, features_only=True, out_indices=indices)
+    try:
+        return timm.create_model(name, pretrained=pretrained, features_only=True, out_indices=indices)
+    except (OSError, RuntimeError) as exc:  # hub errors (offline, not cached) are OSError subclasses
+        if not pretrained:
+            raise
+        raise ConfigError(f"cannot load timm's pretrained weights for '{name}' ({type(exc).__name__}: "
+                          f"{str(exc).splitlines()[0] if str(exc) else ''}); without network they must be in the "
+                          "Hugging Face cache (download them once online), or set student.pretrained: false") from None
 
 
 class Student(nn.Module):
