@@ -84,9 +84,11 @@ def build_cache(teachers: list[Teacher], dataset: FolderDataset, folder: Path, f
                         writer.add(teacher.name, task, index, value)
                 bar.advance(job, len(index))
     except OSError as exc:  # disk full, read-only folder: the writer has removed its build folder
+        blocker = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), None)
+        fix = (f"{blocker} is a file, not a folder: set distill.teacher_cache to a folder path" if blocker else
+               "Free disk space or set distill.teacher_cache to a writable folder with room")
         raise CacheError(f"cannot write the teacher cache {folder} ({exc.strerror or exc}); nothing was cached and an "
-                         "earlier cache there is unchanged. Free disk space or set distill.teacher_cache to a "
-                         "writable folder with room") from exc
+                         f"earlier cache there is unchanged. {fix}") from exc
     return {"total_s": time.perf_counter() - start, **{f"teacher_s/{n}": s for n, s in seconds.items()}}
 
 
