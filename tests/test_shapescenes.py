@@ -12,6 +12,7 @@ import yaml
 from PIL import Image
 
 from polydistill.data import shapescenes as ss
+from polydistill.data.shapescenes.write import RUNNING_MARKER
 from polydistill.errors import DataError
 
 FOCAL = 100.0
@@ -245,7 +246,9 @@ def test_finished_split_is_not_regenerated(split):
 def test_interrupted_or_changed_split_is_regenerated(tmp_path):
     out = tmp_path / "val"
     (out / "images").mkdir(parents=True)
-    (out / "images" / "000099.png").write_bytes(b"partial")
+    (out / "images" / "000099.png").write_bytes(b"partial")  # an interrupted run of 100 images left its marker
+    interrupted = {"num_images": 100, "labels": [["semseg"]], "id_prefix": ""}
+    (out / RUNNING_MARKER).write_text(json.dumps(interrupted))
     (out / "notes.txt").write_text("user file")
     ss.generate_split(out, 3, seed=1, height=24, width=32, labels=["semseg"], workers=1)
     assert sorted(p.name for p in (out / "images").iterdir()) == ["000000.png", "000001.png", "000002.png"]

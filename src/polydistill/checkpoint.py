@@ -208,11 +208,19 @@ def load_spec(directory: str | Path) -> ModelSpec:
 def load_weights(model: nn.Module, directory: str | Path) -> None:
     """Load weights strictly (a mismatch means the spec and weights disagree)."""
     state = _read_tensors(Path(directory) / MODEL_FILE)
+    own = model.state_dict()
+    shapes = [f"{k} {tuple(v.shape)} (the spec builds {tuple(own[k].shape)})" for k, v in state.items()
+              if k in own and own[k].shape != v.shape]
+    if shapes:  # load_state_dict would raise a RuntimeError listing every tensor
+        raise CheckpointError(
+            f"checkpoint '{directory}' does not match its model spec ({SPEC_FILE}): {len(shapes)} tensor(s) of "
+            f"other shapes, e.g. {'; '.join(shapes[:2])}; the weights and {SPEC_FILE} come from different models "
+            f"(e.g. another neck_channels) — copy the {SPEC_FILE} written with these weights, or train again")
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
-        raise PolydistillError(
-            f"checkpoint '{directory}' does not match its model spec: missing {list(missing)[:3]}, "
-            f"unexpected {list(unexpected)[:3]}"
+        raise CheckpointError(
+            f"checkpoint '{directory}' does not match its model spec ({SPEC_FILE}): missing {list(missing)[:3]}, "
+            f"unexpected {list(unexpected)[:3]}; copy the {SPEC_FILE} written with these weights, or train again"
         )
 
 

@@ -10,9 +10,16 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
-console = Console(stderr=True)
+from .common import console, error_message, print_error
+
 out = Console()
+
+
+def _say(label: str, style: str, message: str) -> None:
+    """A report line: ``label`` styled, the message verbatim (file names and hints keep their brackets)."""
+    out.print(Text.assemble((label, style), " ", message), soft_wrap=True, highlight=False)
 
 data_app = typer.Typer(add_completion=False, no_args_is_help=True, help="Inspect datasets (any supported layout).")
 
@@ -45,7 +52,8 @@ def check(
     progress: bool = True,
 ):
     """Read every image and label once: counts per label type, class histogram, size mismatches and unreadable
-    files (all of them, not only the first). Exits 1 when it found problems, 2 when the dataset cannot be opened."""
+    files (all of them, not only the first), boxes that cannot be right and an ignore index that is also a class.
+    Exits 1 when it found problems, 2 when the dataset (or one of its splits) cannot be opened."""
     from rich.progress import Progress
     from rich.table import Table
 
@@ -64,16 +72,16 @@ def check(
 
             reports = check_dataset(path, format, split, _options(option or []), limit=limit, progress=step)
     except PolydistillError as exc:
-        console.print(f"[bold red]error:[/] {exc}", soft_wrap=True, highlight=False)
+        print_error(error_message(exc))
         raise typer.Exit(2) from None
 
     for report in reports:
         title = f"{report.path} — {report.format}" + (f", split {report.split}" if report.split else "")
         if report.error:
-            out.print(f"[bold]{title}[/]: [bold red]cannot be opened[/]: {report.error}", soft_wrap=True,
-                      highlight=False)
+            out.print(Text.assemble((title, "bold"), ": ", ("cannot be opened", "bold red"), f": {report.error}"),
+                      soft_wrap=True, highlight=False)
             continue
-        summary = Table(title=title, show_header=False)
+        summary = Table(title=Text(title), show_header=False)
         summary.add_row("images", str(report.images) + ("" if report.checked == report.images
                                                         else f" ({report.checked} checked)"))
         for task, count in report.labels.items():
@@ -81,8 +89,12 @@ def check(
         for task, values in report.summaries.items():
             if values:
                 summary.add_row(task, TASKS.get(task).describe_label_summary(values))
+        if report.classes:
+            clash = " (also a class: a problem)" if report.classes_problem else " (not a class)"
+            summary.add_row("ignore index", f"{report.ignore_index}{clash}")
         summary.add_row("size mismatches", str(len(report.size_mismatches)))
         summary.add_row("unreadable / invalid files", str(len(report.unreadable)))
+        summary.add_row("impossible boxes", str(len(report.boxes)))
         summary.add_row("listing problems", str(len(report.listing)))
         out.print(summary)
         if report.histogram:
@@ -93,20 +105,25 @@ def check(
                 hist.add_column(TASKS.get(kind).histogram_unit, justify="right")
             names = list(dict.fromkeys(n for kind in kinds for n in report.histogram[kind]))
             for name in names:
-                hist.add_row(name, *(str(report.histogram[k].get(name, "")) for k in kinds))
+                hist.add_row(Text(name), *(str(report.histogram[k].get(name, "")) for k in kinds))
             out.print(hist)
+        if report.classes_problem:
+            _say("problem", "red", report.classes_problem)
         for item in report.size_mismatches:
-            out.print(f"[yellow]size mismatch[/] {item['label']} is {item['label_size'][0]}x{item['label_size'][1]} "
-                      f"but {item['image']} is {item['image_size'][0]}x{item['image_size'][1]} (HxW)",
-                      soft_wrap=True, highlight=False)
+            _say("size mismatch", "yellow", f"{item['label']} is {item['label_size'][0]}x{item['label_size'][1]} "
+                 f"but {item['image']} is {item['image_size'][0]}x{item['image_size'][1]} (HxW)")
         for item in report.unreadable:  # the message names the file
-            out.print(f"[red]problem[/] {item['problem']}", soft_wrap=True, highlight=False)
+            _say("problem", "red", item["problem"])
+        for item in report.boxes:  # a folder's boxes file is named after its image; COCO's holds every image's
+            own = Path(item["file"]).stem == Path(item["image"]).stem
+            _say("problem", "red", f"{item['file'] if own else item['file'] + ' (image ' + item['image'] + ')'}: "
+                 f"{item['problem']}")
         for item in report.listing:
-            out.print(f"[red]problem[/] {item['file']}: {item['problem']}", soft_wrap=True, highlight=False)
+            _say("problem", "red", f"{item['file']}: {item['problem']}")
     if json_path is not None:
         write_json(reports, json_path)
     problems = sum(r.problem_count for r in reports)
     if problems:
-        console.print(f"[bold red]{problems} problem(s) found[/]", highlight=False)
-        raise typer.Exit(1)
+        console.print(Text(f"{problems} problem(s) found", style="bold red"), highlight=False)
+        raise typer.Exit(2 if any(r.error for r in reports) else 1)
     console.print("[bold green]no problems found[/]")

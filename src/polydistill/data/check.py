@@ -1,10 +1,11 @@
 """``polydistill data check``: read every file of a dataset once and report what is there and what is broken.
 
 Unlike training, which stops at the first bad file, the check goes on: it lists every unreadable or
-malformed file and every label whose size differs from its image, counts images and labels per type, and
-asks each label type's task for its statistics (:meth:`~polydistill.tasks.Task.label_statistics`: pixels per
-class for segmentation, boxes per class for detection, the range of valid depth). A dataset with splits is checked
-split by split.
+malformed file, every label whose size differs from its image, every box that cannot be right (outside the
+image, zero area, negative coordinates) and an ignore index that is also a class. It counts images and labels
+per type and asks each label type's task for its statistics (:meth:`~polydistill.tasks.Task.label_statistics`:
+pixels per class for segmentation, boxes per class for detection, the range of valid depth). A dataset with
+splits is checked split by split.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from ..errors import DataError
 from ..tasks import TASKS
 from .layouts import layout_class, open_layout
 from .layouts.base import DEFAULT_IGNORE_INDEX
+from .layouts.folder import box_problems
 
 
 @dataclass
@@ -44,12 +46,20 @@ class SplitReport:
     unreadable: list[dict[str, str]] = field(default_factory=list)
     #: ``{"file", "problem"}`` found while listing (missing files, files without an image)
     listing: list[dict[str, str]] = field(default_factory=list)
+    #: ``{"file", "image", "problem"}`` per kind of impossible box in a file (outside the image, zero area,
+    #: negative coordinates, past the border); see :func:`~polydistill.data.layouts.folder.box_problems`
+    boxes: list[dict[str, str]] = field(default_factory=list)
+    #: the value that marks unlabelled pixels (classes.yaml's, or the default), reported apart from the classes
+    ignore_index: int | None = None
+    #: what is wrong with the classes themselves (an ignore index that is also a class id)
+    classes_problem: str | None = None
     #: a problem that stopped the split from being opened at all
     error: str | None = None
 
     @property
     def problem_count(self) -> int:
-        return len(self.size_mismatches) + len(self.unreadable) + len(self.listing) + (self.error is not None)
+        return (len(self.size_mismatches) + len(self.unreadable) + len(self.listing) + len(self.boxes)
+                + (self.error is not None) + (self.classes_problem is not None))
 
     @property
     def ok(self) -> bool:
@@ -88,6 +98,13 @@ def check_split(path: Path, format: str, split: str | None, options: Mapping[str
     report.classes = list(layout.class_names)
     num_classes = len(layout.class_names) or None
     ignore = layout.ignore_index if layout.ignore_index is not None else DEFAULT_IGNORE_INDEX
+    report.ignore_index = ignore
+    if num_classes is not None and 0 <= ignore < num_classes:  # training refuses this (FolderDataset)
+        name = report.classes[ignore]
+        report.classes_problem = (
+            f"{layout.classes_source}: ignore_index {ignore} is also class {ignore} '{name}', so its pixels would be "
+            f"ignored rather than counted as '{name}' (training refuses this); choose an ignore_index outside "
+            f"0..{num_classes - 1}, e.g. 255")
     box_names = list(layout.box_class_names if layout.box_class_names is not None else layout.class_names)
     kinds = {task: TASKS.get(task) for task in tasks}
     totals: dict[str, dict[str, Any]] = {task: {} for task in tasks}
@@ -114,6 +131,10 @@ def check_split(path: Path, format: str, split: str | None, options: Mapping[str
             try:
                 if kind.box_targets:  # boxes: read with the sample's meta, no map to compare with the image
                     label = layout.read_boxes(sample_id, num_classes)
+                    if label is not None and size is not None:
+                        report.boxes += [{"file": layout.label_file(sample_id, task),
+                                          "image": layout.image_file(sample_id), "problem": problem}
+                                         for problem in box_problems(label[0], size)]
                     if label is not None:
                         counts = kind.label_statistics(label, layout.label_file(sample_id, task), num_classes)
                         totals[task] = kind.merge_label_statistics(totals[task], counts)

@@ -41,7 +41,7 @@ from ..errors import DataError
 from ..tasks import TASKS
 from .layouts import layout_class, open_layout
 from .layouts.base import DEFAULT_IGNORE_INDEX
-from .layouts.folder import FolderLayout
+from .layouts.folder import FolderLayout, fit_boxes_to_image
 from .transforms import Resize
 
 if TYPE_CHECKING:
@@ -222,7 +222,7 @@ class FolderDataset(torch.utils.data.Dataset):
         sample_id = self._ids[index]
         image = self.layout.read_image(sample_id)
         size = tuple(image.shape[-2:])
-        sample = {"image": image, "targets": {}, "valid": {}, "meta": self._meta(sample_id, index)}
+        sample = {"image": image, "targets": {}, "valid": {}, "meta": self._meta(sample_id, index, size)}
         for task in self.tasks:
             labelled = sample_id in self._labelled[task]
             sample["valid"][task] = labelled
@@ -254,9 +254,14 @@ class FolderDataset(torch.utils.data.Dataset):
     def _placeholder(self, task: str, size: tuple[int, int]) -> torch.Tensor:
         return self._task_classes[task].placeholder_target(size, self._ignore_index)
 
-    def _meta(self, sample_id: str, index: int) -> dict:
+    def _meta(self, sample_id: str, index: int, size: tuple[int, int]) -> dict:
         no_boxes = (torch.zeros(0, 4), torch.zeros(0, dtype=torch.int64))
         boxes, labels = self.layout.read_boxes(sample_id, self._num_classes) or no_boxes
+        boxes, labels, dropped = fit_boxes_to_image(boxes, labels, size)  # clip; drop boxes left without area
+        if dropped:
+            warnings.warn(f"boxes of {self.layout.image_file(sample_id)}: dropped {dropped} box(es) entirely outside "
+                          f"the {size[0]}x{size[1]} image or of zero area; `polydistill data check` lists them",
+                          stacklevel=2)
         domain, intrinsics = self.layout.read_meta(sample_id)
         return {
             "id": sample_id,

@@ -133,3 +133,47 @@ def resolve_class_map(teacher: str, path: str | None, teacher_classes: list[str]
 def _generic(names: list[str]) -> bool:
     """Placeholder names (``LABEL_3``, ``3``) say nothing about what a class is: nothing to compare."""
     return all(re.fullmatch(r"(label_)?\d+", str(n).strip().lower()) for n in names)
+
+
+def _names(names: list[str]) -> list[str]:
+    return [str(n).strip().lower() for n in names]
+
+
+def _listed(names: list[str]) -> str:
+    return f"{list(names[:30])}{' ...' if len(names) > 30 else ''}"
+
+
+def match_classes(teacher: str, task: str, teacher_classes: list[str], student_classes: list[str], *,
+                  unmapped_mass: bool) -> list[int] | ClassMap | None:
+    """How a teacher's classes for ``task`` meet the student's, matched **by name** (case and spaces ignored).
+
+    ``None``: the same classes in the same order (or placeholder names, ``class_3``, of the same count: nothing
+    to compare). A list: per student class, the teacher's channel of that name — the same classes in another
+    order, or (without ``unmapped_mass``) a teacher with more classes whose extra channels are dropped. A
+    :class:`ClassMap` (with ``unmapped_mass``: outputs that are a distribution over classes): a teacher with
+    more classes (their mass goes to the unmapped channel) or fewer (the student's others get none).
+    Anything else is an error that lists both classes.
+    """
+    teacher_classes, student_classes = [str(c) for c in teacher_classes], [str(c) for c in student_classes]
+    t, s = _names(teacher_classes), _names(student_classes)
+    both = f"the teacher's: {_listed(teacher_classes)}; the student's: {_listed(student_classes)}"
+    if t == s:
+        return None
+    if _generic(teacher_classes) or _generic(student_classes):
+        if len(t) == len(s):
+            return None
+        raise ConfigError(f"teacher '{teacher}' predicts {len(t)} '{task}' classes but the student has {len(s)} "
+                          f"({both}); train the student on the teacher's classes or name both lists in "
+                          "classes.yaml so they can be matched by name")
+    if len(set(t)) != len(t) or len(set(s)) != len(s):
+        raise ConfigError(f"teacher '{teacher}': a '{task}' class name is listed twice ({both}); class names must "
+                          "be unique to be matched")
+    if set(t) == set(s) or (set(s) < set(t) and not unmapped_mass):
+        return [t.index(n) for n in s]
+    if unmapped_mass and (set(s) < set(t) or set(t) < set(s)):
+        mapping: dict[str, list[str | int]] = {student_classes[k]: [t.index(n)] for k, n in enumerate(s) if n in t}
+        return ClassMap(mapping, teacher_classes, student_classes, source=f"teacher '{teacher}' ({task} classes)")
+    missing = [c for c, n in zip(student_classes, s, strict=True) if n not in t]
+    raise ConfigError(f"teacher '{teacher}' has no '{task}' class named {missing} ({both}); classes are matched by "
+                      "name: train the student on the teacher's class names, or give the teacher a class_map "
+                      "(YAML: student class -> teacher classes)")

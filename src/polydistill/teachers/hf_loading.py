@@ -25,7 +25,19 @@ def load_kwargs(trust_remote_code: bool, options: HubOptions) -> dict[str, Any]:
 
 
 def load_pretrained(loader: Any, path: str, name: str, **kwargs: Any) -> Any:
-    """``loader.from_pretrained`` from a local folder or the cache first; a clear error when not available."""
+    """``loader.from_pretrained`` from a local folder or the cache first; a clear error when not available or when
+    the model ships code of its own that ``trust_remote_code`` does not allow to run."""
+    try:
+        return _load_pretrained(loader, path, name, **kwargs)
+    except ValueError as exc:  # transformers refuses custom code without trust_remote_code (the code did not run)
+        if kwargs.get("trust_remote_code") or "trust_remote_code" not in str(exc):
+            raise
+        raise ConfigError(
+            f"teacher '{name}': '{path}' ships its own model code, which polydistill does not run unless told to; "
+            "if you trust that code, set trust_remote_code: true on the teacher") from None
+
+
+def _load_pretrained(loader: Any, path: str, name: str, **kwargs: Any) -> Any:
     if Path(path).is_dir():
         try:
             return loader.from_pretrained(path, **kwargs)

@@ -16,6 +16,7 @@ own :meth:`~polydistill.tasks.Task.read_label_file`; the built-in ones:
 
 from __future__ import annotations
 
+import json
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -117,7 +118,14 @@ def _read_boxes(path: Path, num_classes: int | None = None,
         if isinstance(data, dict) and "annotations" in data:
             data = _coco_annotations(data, names, path)
         boxes = torch.tensor(data.get("boxes", []), dtype=torch.float32).reshape(-1, 4)
-        labels = torch.tensor(data.get("labels", []), dtype=torch.int64).reshape(-1)
+        raw_labels = data.get("labels", [])
+        if not isinstance(raw_labels, list):
+            raise DataError(f"{path}: 'labels' must be a list of integer class ids, got {raw_labels!r}; {hint}")
+        for k, value in enumerate(raw_labels):
+            if not _is_class_id(value):  # torch would cast 1.7 and true to 1 without a word
+                raise DataError(f"{path}: label {k} is {json.dumps(value)}, not an integer class id (an index "
+                                f"into classes.yaml); {hint}")
+        labels = torch.tensor(raw_labels, dtype=torch.int64).reshape(-1)
     except (TypeError, ValueError, RuntimeError, AttributeError) as e:
         raise DataError(f"{path} is malformed ({one_line(e)}); {hint}") from e
     if len(boxes) != len(labels):
@@ -129,7 +137,69 @@ def _read_boxes(path: Path, num_classes: int | None = None,
     if num_classes is not None and len(labels) and int(labels.max()) >= num_classes:
         bad = sorted({int(v) for v in labels[labels >= num_classes]})
         raise DataError(f"{path} has box labels {bad} outside 0..{num_classes - 1}, the classes of classes.yaml")
+    if looks_normalised(boxes):
+        raise DataError(f"{path}: every box lies within 0..1 and some coordinates are fractions, so they look "
+                        "normalised; pixel units expected (x from 0 to the image width, y from 0 to its height): "
+                        "multiply x by the width and y by the height")
     return boxes, labels
+
+
+def _is_class_id(value: object) -> bool:
+    """An integer (or a float with no fraction, as some JSON writers emit); never a bool, a fraction or a name."""
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, int) or (isinstance(value, float) and value.is_integer())
+
+
+def looks_normalised(boxes: torch.Tensor) -> bool:
+    """Every coordinate within [0, 1] and at least one a fraction: normalised 0..1 boxes, not pixel edges (whole
+    numbers in [0, 1] are 1-pixel boxes in the corner, which are allowed)."""
+    return bool(len(boxes)) and bool((boxes >= 0).all() and (boxes <= 1).all() and (boxes != boxes.round()).any())
+
+
+def box_problems(boxes: torch.Tensor, size: tuple[int, int]) -> list[str]:
+    """What is wrong with well-formed boxes (x0 y0 x1 y1, pixel edges) of an image of ``size`` (H, W), one line
+    per kind, each saying what training does with them (:func:`fit_boxes_to_image`)."""
+    h, w = size
+    x0, y0, x1, y1 = boxes.unbind(-1) if len(boxes) else (boxes.new_zeros(0),) * 4
+    outside = (x0 >= w) | (y0 >= h) | (x1 <= 0) | (y1 <= 0)
+    empty = ~outside & ((x1 == x0) | (y1 == y0))
+    negative = ~outside & ~empty & ((x0 < 0) | (y0 < 0))
+    past = ~outside & ~empty & ~negative & ((x1 > w) | (y1 > h))
+
+    def example(mask: torch.Tensor) -> str:
+        return ", ".join(f"{v:g}" for v in boxes[mask][0].tolist())
+
+    found = []
+    if outside.any():
+        found.append(f"{int(outside.sum())} box(es) lie entirely outside the {h}x{w} (HxW) image, e.g. "
+                     f"({example(outside)}); training drops them; fix the coordinates (pixel units)")
+    if empty.any():
+        found.append(f"{int(empty.sum())} box(es) have zero area, e.g. ({example(empty)}); training drops them; "
+                     "give x1 > x0 and y1 > y0")
+    if negative.any():
+        found.append(f"{int(negative.sum())} box(es) have negative coordinates, e.g. ({example(negative)}); "
+                     "training clips them to the image")
+    if past.any():
+        found.append(f"{int(past.sum())} box(es) extend past the {h}x{w} (HxW) image, e.g. ({example(past)}); "
+                     "training clips them to the image")
+    return found
+
+
+def fit_boxes_to_image(boxes: torch.Tensor, labels: torch.Tensor,
+                       size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Training's rule for boxes that do not fit their image, as the crop augmentation already does: clip to the
+    image and drop those left without area (entirely outside, or zero area). Returns the boxes, their labels
+    and how many were dropped; boxes that fit come back as the very same tensors (bit-identical training)."""
+    h, w = size
+    if not len(boxes):
+        return boxes, labels, 0
+    limit = torch.tensor([w, h, w, h], dtype=boxes.dtype)
+    if bool((boxes >= 0).all() and (boxes <= limit).all() and (boxes[:, 2:] > boxes[:, :2]).all()):
+        return boxes, labels, 0
+    clipped = torch.minimum(boxes.clamp(min=0), limit)
+    keep = (clipped[:, 2] > clipped[:, 0]) & (clipped[:, 3] > clipped[:, 1])
+    return clipped[keep], labels[keep], int((~keep).sum())
 
 
 def _read_meta(path: Path) -> tuple[str | None, torch.Tensor | None]:

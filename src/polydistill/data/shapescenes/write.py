@@ -27,6 +27,8 @@ DEFAULT_LABELS: tuple[str, ...] = ("depth", "semseg", "boxes")  # what a split g
 # Bump whenever the rendered output changes, so finished splits on disk are regenerated.
 GENERATOR_VERSION = 2
 COMPLETE_MARKER = ".complete"
+#: written before the first file and removed after `.complete`: lets a re-run clean up an interrupted run
+RUNNING_MARKER = ".generating"
 _GENERATED_ENTRIES = ("images", *LABEL_KINDS, "meta", "classes.yaml")
 
 
@@ -133,15 +135,105 @@ def _run_chunks(tasks: list, workers: int) -> None:
             pass
 
 
-def _clear_generated(out: Path) -> None:
-    """Remove everything a previous (possibly interrupted) run wrote, leaving unrelated files alone."""
-    (out / COMPLETE_MARKER).unlink(missing_ok=True)
-    for name in _GENERATED_ENTRIES:
+def _owned_files(params: dict) -> set[str]:
+    """The files (relative to the split) that a run with these marker parameters writes: nothing else is ever
+    removed. Derived from the parameters rather than listed, so the marker stays what it always was."""
+    per_image = params["labels"]
+    num_images, prefix = int(params["num_images"]), str(params["id_prefix"])
+    if len(per_image) == 1:
+        per_image = per_image * num_images
+    if len(per_image) != num_images:
+        raise ValueError("labels do not match num_images")
+    owned = {"classes.yaml"}
+    for index, kinds in enumerate(per_image):
+        name = f"{prefix}{index:06d}"
+        owned |= {f"images/{name}.png", f"meta/{name}.json"}
+        owned |= {f"{kind}/{name}.{'json' if kind == 'boxes' else 'png'}" for kind in kinds}
+    return owned
+
+
+def _marker_params(out: Path) -> tuple[list[dict], list[str]]:
+    """Parameters of every earlier run recorded in ``out`` (finished or in progress), and unreadable markers."""
+    found, broken = [], []
+    for name in (COMPLETE_MARKER, RUNNING_MARKER):
         path = out / name
-        if path.is_dir():
+        if not path.exists():
+            continue
+        try:
+            params = json.loads(path.read_text())
+            _owned_files(params)
+        except (OSError, ValueError, KeyError, TypeError):
+            broken.append(name)
+            continue
+        found.append(params)
+    return found, broken
+
+
+def _has_files(path: Path) -> bool:
+    """Whether ``path`` is anything but a tree of empty folders."""
+    if not path.is_dir() or path.is_symlink():
+        return True
+    return any(_has_files(child) for child in path.iterdir())
+
+
+def _foreign_files(out: Path, owned: set[str]) -> list[str]:
+    """Files inside the generated entries of ``out`` that no recorded run wrote (user files), relative paths."""
+    foreign = []
+    for entry in _GENERATED_ENTRIES:
+        path = out / entry
+        if entry == "classes.yaml":
+            if path.exists() and (not path.is_file() or path.read_text(errors="replace") != _classes_yaml()):
+                foreign.append(entry)
+            continue
+        if not path.exists():
+            continue
+        if not path.is_dir() or path.is_symlink():
+            foreign.append(entry)
+            continue
+        foreign += sorted(f"{entry}/{child.name}" for child in path.iterdir()
+                          if f"{entry}/{child.name}" not in owned or not child.is_file() or child.is_symlink())
+    return foreign
+
+
+def _refuse(out: Path, why: str, examples: list[str]) -> DataError:
+    shown = ", ".join(examples[:5]) + (f", ... ({len(examples)} in all)" if len(examples) > 5 else "")
+    return DataError(f"cannot generate into {out}: {why} ({shown}); generate only replaces its own earlier output "
+                     "and never deletes other files: choose an empty or new folder, or move those files away")
+
+
+def _clear_generated(out: Path) -> None:
+    """Remove what earlier (possibly interrupted) runs wrote into ``out``, as recorded by their markers, and
+    nothing else: a folder holding anything they did not write is refused before a file is touched."""
+    if out.exists() and not out.is_dir():
+        raise DataError(f"cannot generate into {out}: it is a file, not a folder; choose an empty or new folder")
+    if not out.is_dir():
+        return
+    recorded, broken = _marker_params(out)
+    if broken:
+        raise _refuse(out, "its generate marker is unreadable, so which files generate wrote is unknown", broken)
+    markers = {COMPLETE_MARKER, RUNNING_MARKER, COMPLETE_MARKER + ".tmp", RUNNING_MARKER + ".tmp"}
+    if not recorded:  # not an earlier output: only an empty folder (or empty sub-folders) is taken
+        found = sorted(p.name for p in out.iterdir() if p.name not in markers and _has_files(p))
+        if found:
+            raise _refuse(out, "the folder is not empty and is not the output of an earlier generate", found)
+    else:
+        owned = set().union(*(_owned_files(params) for params in recorded))
+        foreign = _foreign_files(out, owned)
+        if foreign:
+            raise _refuse(out, "it holds files that generate did not write", foreign)
+        for name in sorted(owned):
+            (out / name).unlink(missing_ok=True)
+    for entry in _GENERATED_ENTRIES:  # now without files of their own: the empty folders go too
+        path = out / entry
+        if path.is_dir() and not path.is_symlink() and not _has_files(path):
             shutil.rmtree(path)
-        elif path.exists():
-            path.unlink()
+    for name in sorted(markers):  # the record goes last, once what it lists is gone
+        (out / name).unlink(missing_ok=True)
+
+
+def _classes_yaml() -> str:
+    classes = {"names": list(CLASS_NAMES), "ignore_index": IGNORE_INDEX}
+    return yaml.safe_dump(classes, default_flow_style=None, sort_keys=False)
 
 
 def _is_complete(out: Path, params: dict) -> bool:
@@ -168,9 +260,11 @@ def generate_split(
 
     `labels` is one collection of label kinds for all images or one collection per image (to simulate
     partially labelled data). `domains` restricts the per-image domain draw (None = all). A finished
-    split is marked by `.complete` holding these parameters: calling again with the same parameters
-    returns at once; any other content left by an earlier run is cleared and regenerated. The output
-    does not depend on `workers`.
+    split is marked by `.complete` holding these parameters (a run in progress by `.generating`): calling
+    again with the same parameters returns at once; the files an earlier run wrote (those its marker's
+    parameters name) are cleared and regenerated. A folder holding anything else is refused with a
+    DataError before a file is touched: generate never deletes what it did not write. The output does
+    not depend on `workers`.
     """
     if num_images < 0 or height < 1 or width < 1:
         raise DataError(
@@ -193,6 +287,9 @@ def generate_split(
     if _is_complete(out, params):
         return out
     _clear_generated(out)
+    out.mkdir(parents=True, exist_ok=True)
+    _write_json(out / (RUNNING_MARKER + ".tmp"), params)
+    os.replace(out / (RUNNING_MARKER + ".tmp"), out / RUNNING_MARKER)
     used = {kind for kinds in per_image for kind in kinds}
     for name in ("images", "meta", *sorted(used)):
         (out / name).mkdir(parents=True, exist_ok=True)
@@ -204,9 +301,9 @@ def generate_split(
     tasks = [(spec, items[i : i + chunk]) for i in range(0, len(items), chunk)]
     _run_chunks(tasks, min(workers, len(tasks)))
 
-    classes = {"names": list(CLASS_NAMES), "ignore_index": IGNORE_INDEX}
-    (out / "classes.yaml").write_text(yaml.safe_dump(classes, default_flow_style=None, sort_keys=False))
+    (out / "classes.yaml").write_text(_classes_yaml())
     tmp = out / (COMPLETE_MARKER + ".tmp")
     _write_json(tmp, params)
     os.replace(tmp, out / COMPLETE_MARKER)
+    (out / RUNNING_MARKER).unlink()
     return out
