@@ -216,7 +216,12 @@ def load_weights(model: nn.Module, directory: str | Path) -> None:
             f"checkpoint '{directory}' does not match its model spec ({SPEC_FILE}): {len(shapes)} tensor(s) of "
             f"other shapes, e.g. {'; '.join(shapes[:2])}; the weights and {SPEC_FILE} come from different models "
             f"(e.g. another neck_channels) — copy the {SPEC_FILE} written with these weights, or train again")
-    missing, unexpected = model.load_state_dict(state, strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # anything else load_state_dict refuses (dtype, sparse layouts)
+        first = str(exc).strip().splitlines()[-1].strip() if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(f"checkpoint '{directory}' cannot be loaded into the model its {SPEC_FILE} describes "
+                              f"({first}); copy the {SPEC_FILE} written with these weights, or train again") from None
     if missing or unexpected:
         raise CheckpointError(
             f"checkpoint '{directory}' does not match its model spec ({SPEC_FILE}): missing {list(missing)[:3]}, "

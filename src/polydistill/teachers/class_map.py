@@ -131,8 +131,8 @@ def resolve_class_map(teacher: str, path: str | None, teacher_classes: list[str]
 
 
 def _generic(names: list[str]) -> bool:
-    """Placeholder names (``LABEL_3``, ``3``) say nothing about what a class is: nothing to compare."""
-    return all(re.fullmatch(r"(label_)?\d+", str(n).strip().lower()) for n in names)
+    """Placeholder names (``LABEL_3``, ``class_3``, ``3``) say nothing about what a class is: nothing to compare."""
+    return all(re.fullmatch(r"(label_|class_)?\d+", str(n).strip().lower()) for n in names)
 
 
 def _names(names: list[str]) -> list[str]:
