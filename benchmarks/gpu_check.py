@@ -74,6 +74,8 @@ def base_config(train: Path, size: int, tasks: dict, backbone: str, neck: int, s
 def throughput_at(size: int, args: argparse.Namespace, out: Path) -> dict[str, Any]:
     preset = PRESETS["default"]
     root = out / f"s{size}"
+    if root.exists():  # run folders belong to one run: never mix with (or delete) an earlier check's
+        raise SystemExit(f"{root} exists from an earlier check; choose a new --out (or remove it yourself)")
     data = generate_split(root / "data", args.images, seed=size, height=size, width=size,
                           labels=("depth", "semseg", "boxes"))
     teachers = {}

@@ -11,6 +11,8 @@ A checkpoint is first written to a temporary sibling directory and then renamed 
 interrupted write never leaves a half-written checkpoint under the final name; a write that fails (disk
 full, read-only folder) leaves the previous checkpoint in place and raises :class:`CheckpointError`.
 Reading a damaged file (garbage bytes, a truncated JSON) is a :class:`CheckpointError` naming the file.
+Weights holding NaN/Inf are neither written (:class:`NonFiniteWeightsError`, the previous checkpoint stays) nor
+loaded for inference: a diverged model must never pass for a trained one.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import errno
 import json
 import os
 import random
+import re
 import shutil
 import uuid
 from pathlib import Path
@@ -27,6 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 from pydantic import ValidationError
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
@@ -38,6 +42,14 @@ from .tasks import Task
 
 class CheckpointError(PolydistillError):
     """A checkpoint cannot be written or read; the message names the folder or file and what to do."""
+
+
+class NonFiniteWeightsError(CheckpointError):
+    """The model to save holds NaN/Inf; ``tensors`` names them (the trainer turns this into its divergence error)."""
+
+    def __init__(self, message: str, tensors: list[str]):
+        super().__init__(message)
+        self.tensors = tensors
 
 
 MODEL_FILE = "model.safetensors"
@@ -94,10 +106,25 @@ def set_rng_state(state: dict[str, Any], torch_state: torch.Tensor | None) -> No
         torch.set_rng_state(torch_state)
 
 
+def nonfinite_tensors(tensors: dict[str, torch.Tensor]) -> list[str]:
+    """Names of the floating-point tensors holding a NaN or an Inf."""
+    return [k for k, v in tensors.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+
+
+def _tensor_list(names: list[str]) -> str:
+    return f"{len(names)} tensor(s): {', '.join(names[:3])}" + (", ..." if len(names) > 3 else "")
+
+
 def save_checkpoint(directory: str | Path, *, model: nn.Module, spec: ModelSpec | dict[str, Any],
                     optimizer: torch.optim.Optimizer | None = None, state: dict[str, Any] | None = None) -> Path:
-    """Atomically write a checkpoint directory (see module docstring)."""
+    """Atomically write a checkpoint directory (see module docstring); refuse weights holding NaN/Inf."""
     directory = Path(directory)
+    weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    bad = nonfinite_tensors(weights)
+    if bad:  # checked before anything is written: a diverged model never replaces a good checkpoint
+        kept = "the previous checkpoint there is unchanged" if directory.exists() else "nothing was written there"
+        raise NonFiniteWeightsError(f"refusing to write checkpoint {directory}: the weights hold NaN/Inf in "
+                                    f"{_tensor_list(bad)}; {kept}", bad)
     tmp = directory.parent / f".tmp-{directory.name}-{uuid.uuid4().hex[:8]}"
     try:
         directory.parent.mkdir(parents=True, exist_ok=True)
@@ -105,7 +132,7 @@ def save_checkpoint(directory: str | Path, *, model: nn.Module, spec: ModelSpec 
     except OSError as exc:
         raise _write_error(directory, exc) from exc
     try:
-        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp / MODEL_FILE))
+        save_file(weights, str(tmp / MODEL_FILE))
         (tmp / SPEC_FILE).write_text(json.dumps(ModelSpec.of(spec).to_json(), indent=2))
         tensors: dict[str, torch.Tensor] = {"rng.torch": torch.get_rng_state()}
         full_state = {k: _split_tensors(v, k, tensors) if _has_tensor(v) else v for k, v in (state or {}).items()}
@@ -131,15 +158,21 @@ def save_checkpoint(directory: str | Path, *, model: nn.Module, spec: ModelSpec 
             shutil.rmtree(old, ignore_errors=True)
     except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(exc, OSError):
+        if isinstance(exc, (OSError, SafetensorError)):  # a full disk inside save_file is a SafetensorError
             raise _write_error(directory, exc) from exc
         raise
     return directory
 
 
-def _write_error(directory: Path, exc: OSError) -> CheckpointError:
-    reason = exc.strerror or str(exc)
-    code = f"{errno.errorcode.get(exc.errno, exc.errno)}: " if exc.errno else ""
+def _write_error(directory: Path, exc: OSError | SafetensorError) -> CheckpointError:
+    """The one error every failed checkpoint write becomes, whichever library hit the OS error."""
+    if isinstance(exc, OSError):
+        reason, number = exc.strerror or str(exc), exc.errno
+    else:  # e.g. "Error while serializing: I/O error: No space left on device (os error 28)"
+        found = re.search(r"([^:]*?)\s*\(os error (\d+)\)", str(exc))
+        reason = found.group(1).strip() if found else " ".join(str(exc).split())
+        number = int(found.group(2)) if found else None
+    code = f"{errno.errorcode.get(number, number)}: " if number else ""
     kept = "the previous checkpoint there is unchanged" if directory.exists() else "nothing was written there"
     return CheckpointError(
         f"cannot write checkpoint {directory} ({code}{reason}); {kept}. Free disk space or make {directory.parent} "
@@ -299,6 +332,12 @@ def load_student_model(path: str | Path, *, inference: bool = True) -> tuple[nn.
     spec = load_spec(ckpt)
     model, tasks = build_student(spec)
     load_weights(model, ckpt)
+    bad = nonfinite_tensors(model.state_dict())
+    if bad:  # a diverged run's weights predict NaN everywhere: refuse them rather than write NaN maps
+        raise CheckpointError(
+            f"checkpoint file {ckpt / MODEL_FILE} holds NaN/Inf weights in {_tensor_list(bad)}; the training that "
+            "wrote it diverged — use another checkpoint of the run or train again (lower train.lr, set "
+            "train.grad_clip)")
     if inference:
         model = model.inference_model()
         tasks = {n: t for n, t in tasks.items() if n in model.task_names}

@@ -38,9 +38,10 @@ def export_cmd(
 
     result = export_checkpoint(checkpoint, out, images=images, tolerance=tolerance, size=(height, width),
                                torchscript=torchscript, check=check, max_images=max_images)
-    print_plain(f"wrote {result.onnx} and {result.sidecar}" + (f" and {result.torchscript}" if result.torchscript
-                                                                else ""))
+    written = f"wrote {result.onnx} and {result.sidecar}" + (f" and {result.torchscript}" if result.torchscript
+                                                               else "")
     if not check:
+        print_plain(written)
         return
     from rich.table import Table
 
@@ -54,8 +55,10 @@ def export_cmd(
                           "[green]yes[/]" if diff <= tolerance else "[bold red]NO[/]")
     console.print(table)
     if not result.ok:
-        print_status("parity failed", f": a difference exceeds the tolerance {tolerance:g}", "bold red")
+        print_status("parity failed", f": a difference exceeds the tolerance {tolerance:g}; nothing was written",
+                     "bold red")
         raise typer.Exit(1)
+    print_plain(written)
     print_status("parity ok", f" (tolerance {tolerance:g})")
 
 

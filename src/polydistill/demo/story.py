@@ -25,13 +25,14 @@ from typing import Any
 
 import numpy as np
 import torch
+import yaml
 
 from .. import __version__
 from ..api import train
 from ..checkpoint import load_student_model
 from ..data import FolderDataset
 from ..data.shapescenes import GENERATOR_VERSION, generate_split
-from ..errors import TrainingError
+from ..errors import ConfigError, TrainingError
 from ..evaluation.delta_m import delta_m, retention
 from ..evaluation.evaluate import evaluate, student_predictor
 from ..evaluation.speed import count_parameters, measure_latency
@@ -181,6 +182,7 @@ def run_demo(out: str | Path, preset_name: str = "default", *, seed: int = 0, wo
     preset = PRESETS[preset_name]
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    clear_demo_runs(out, ("student", "label_only"))  # first: a folder the demo may not replace fails fast
     t0 = time.perf_counter()
     timings: dict[str, float] = {}
 
@@ -198,8 +200,6 @@ def run_demo(out: str | Path, preset_name: str = "default", *, seed: int = 0, wo
     side_by_side = parallel_training()
     label_cfg = student_config(preset, splits, {}, seed=seed, progress=progress, mixed_precision=mixed_precision)
     label_cfg["data"]["labelled_only"] = True
-    for key in ("student", "label_only"):
-        shutil.rmtree(out / key, ignore_errors=True)
     log(f"[3/5] distilling {len(teacher_runs)} teachers into a {preset.student_backbone} student on "
         f"{preset.pool_images} pool images")
     log("[4/5] label-only student: the pool's few labels, same budget ("
@@ -229,6 +229,36 @@ def run_demo(out: str | Path, preset_name: str = "default", *, seed: int = 0, wo
     write_demo_report(out, metrics, splits["test"], teacher_runs)
     write_html_report(out)  # report.html: the same story in one self-contained page
     return metrics
+
+
+#: written into the run folders the demo trains (``student/``, ``label_only/``): a rerun replaces only these
+DEMO_MARKER = ".polydistill-demo"
+
+
+def is_demo_run(folder: Path) -> bool:
+    """Whether the demo wrote ``folder``: it carries :data:`DEMO_MARKER`, or (demo outputs from before the marker)
+    its ``config.yaml`` trained on the demo's own pool split in the data cache."""
+    if (folder / DEMO_MARKER).is_file():
+        return True
+    try:
+        train_data = Path(yaml.safe_load((folder / "config.yaml").read_text(encoding="utf-8"))["data"]["train"])
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, TypeError, KeyError):
+        return False
+    return train_data.name.startswith("pool-") and train_data.parent.resolve() == (cache_root() / "data").resolve()
+
+
+def clear_demo_runs(out: Path, keys: tuple[str, ...]) -> None:
+    """Make ``out/<key>`` fresh, marked folders for the demo's students: a rerun deletes the runs an earlier demo
+    wrote there (training refuses a folder that holds a run), and never a folder the demo did not write."""
+    for key in keys:
+        folder = out / key
+        if folder.exists() and not (folder.is_dir() and not any(folder.iterdir())):
+            if not (folder.is_dir() and is_demo_run(folder)):
+                raise ConfigError(f"{folder} holds files the demo did not write, and the demo trains its "
+                                  f"'{key}' student there; move them away or give the demo another output folder")
+            shutil.rmtree(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / DEMO_MARKER).write_text("written by `polydistill demo`: a rerun of the demo replaces this folder\n")
 
 
 def parallel_training() -> bool:

@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import json
+import uuid
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -275,6 +276,8 @@ class ExportResult:
     parity: list[ParityReport]
     input_size: tuple[int, int]
     images: list[Path]
+    written: bool = True  # False when the parity check failed: nothing was written under ``onnx``
+
 
     @property
     def ok(self) -> bool:
@@ -302,7 +305,10 @@ def export_checkpoint(checkpoint: Path, out: Path, *, images: list[Path] | None 
                       size: tuple[int | None, int | None] = (None, None), torchscript: bool = False,
                       check: bool = True, max_images: int = 8, opset: int = OPSET) -> ExportResult:
     """Export ``checkpoint`` to ``out`` (.onnx) with its sidecar, optionally a TorchScript file beside it, and
-    check both against eager PyTorch on real images (see the module docstring)."""
+    check both against eager PyTorch on real images (see the module docstring).
+
+    The files are written under temporary names and renamed into place only when the parity check passes: a
+    failed export leaves no model that looks usable (and an earlier export at ``out`` untouched)."""
 
     if out.suffix != ".onnx":
         raise ConfigError(f"export output '{out}' must end in .onnx")
@@ -318,18 +324,30 @@ def export_checkpoint(checkpoint: Path, out: Path, *, images: list[Path] | None 
     exportable, notes = exportable_copy(student)
     model = TaskSpaceModel(exportable, tasks).eval()
     sidecar = make_sidecar(spec, tasks, input_size, directory, notes)
-    export_onnx(model, out, input_size, sidecar, opset)
     ts_path = out.with_suffix(".torchscript.pt") if torchscript else None
-    if ts_path is not None:
-        export_torchscript(model, ts_path, input_size)
-    reports, files = [], []
-    if check:
-        files = _parity_images(directory, images)[:max_images]
-        batches = parity_batches([load_image(p) for p in files], input_size)
-        reports.append(check_parity(reference, onnx_runner(out), batches, "onnxruntime", tolerance))
-        if ts_path is not None:
-            reports.append(check_parity(reference, torchscript_runner(ts_path), batches, "torchscript", tolerance))
-        sidecar["parity"] = {r.runtime: r.as_dict() for r in reports}
-        sidecar["parity_images"] = [str(p) for p in files]
-        sidecar_path(out).write_text(json.dumps(sidecar, indent=2))
-    return ExportResult(out, sidecar_path(out), ts_path, reports, input_size, files)
+    staged = out.with_name(f".tmp-{uuid.uuid4().hex[:8]}-{out.name}")
+    staged_ts = staged.with_suffix(".torchscript.pt") if torchscript else None
+    moves = [(staged, out), (sidecar_path(staged), sidecar_path(out))] + ([(staged_ts, ts_path)] if ts_path else [])
+    try:
+        export_onnx(model, staged, input_size, sidecar, opset)
+        if staged_ts is not None:
+            export_torchscript(model, staged_ts, input_size)
+        reports, files = [], []
+        if check:
+            files = _parity_images(directory, images)[:max_images]
+            batches = parity_batches([load_image(p) for p in files], input_size)
+            reports.append(check_parity(reference, onnx_runner(staged), batches, "onnxruntime", tolerance))
+            if staged_ts is not None:
+                reports.append(check_parity(reference, torchscript_runner(staged_ts), batches, "torchscript",
+                                            tolerance))
+            sidecar["parity"] = {r.runtime: r.as_dict() for r in reports}
+            sidecar["parity_images"] = [str(p) for p in files]
+            sidecar_path(staged).write_text(json.dumps(sidecar, indent=2))
+        written = all(r.ok for r in reports)
+        if written:
+            for source, target in moves:
+                source.replace(target)
+    finally:  # a failed check or an error: no staged file stays behind
+        for source, _ in moves:
+            source.unlink(missing_ok=True)
+    return ExportResult(out, sidecar_path(out), ts_path, reports, input_size, files, written=written)

@@ -12,12 +12,21 @@ gradient sync — never a weighting — and holds no task- or method-specific co
 Under several processes (``torchrun``, ``accelerate launch``) the student is wrapped in DDP; everything DDP
 does not synchronise — the strategies' parameters and statistics, running statistics, NaN skips, validation
 metrics, the logged losses — goes through :mod:`polydistill.engine.distributed`, and only rank 0 writes files.
+
+Checkpoints are written only at step boundaries, where the weights, buffers, optimizer, weighting and RNG all
+belong to one step: Ctrl-C in the middle of a step finishes that step first (a second Ctrl-C stops at once and
+keeps the previous ``last``), so ``--resume`` after an interrupt is exact, as after a kill.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
+import signal
+import threading
 import time
+from collections.abc import Iterator
 from contextlib import nullcontext
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -29,7 +38,13 @@ from accelerate.state import AcceleratorState
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from torch.utils.data import DataLoader, Dataset
 
-from ..checkpoint import load_training_state, load_weights, recover_checkpoint, save_checkpoint
+from ..checkpoint import (
+    NonFiniteWeightsError,
+    load_training_state,
+    load_weights,
+    recover_checkpoint,
+    save_checkpoint,
+)
 from ..config import ModelSpec, TrainConfig
 from ..data.collate import collate, move_batch
 from ..distill.objective import Objective
@@ -157,6 +172,12 @@ class Trainer:
         self.best_step: int | None = None
         self.best_metrics: dict[str, dict[str, float]] | None = None
         self.selection_baseline: dict[str, dict[str, float]] | None = None
+        #: the step of the checkpoint under checkpoints/last (None: none yet), for messages that point to it
+        self.saved_step: int | None = None
+        #: True from a step's first forward until its logging, validation and saving are done: a checkpoint
+        #: taken in between would mix two steps (batch-norm statistics already moved, the RNG advanced)
+        self.mid_step = False
+        self.stop_requested = False  # Ctrl-C arrived mid-step: stop at the end of this step
 
     # ----------------------------------------------------------------------------------------- state
 
@@ -181,16 +202,37 @@ class Trainer:
 
     def save(self, name: str, metrics: dict[str, dict[str, float]] | None = None) -> None:
         if not self.accelerator.is_main_process:
+            if name == "last":
+                self.saved_step = self.step
             return
         state = self._state()
         if self.trajectory is not None and name == "last":
             state["trajectory"] = self.trajectory.state_dict()
         if metrics is not None:
             state["metrics"] = metrics
-        save_checkpoint(
-            self.ckpt_dir / name, model=self.accelerator.unwrap_model(self.model), spec=self.spec,
-            optimizer=self.optimizer if name == "last" else None, state=state,
-        )
+        try:
+            save_checkpoint(
+                self.ckpt_dir / name, model=self.accelerator.unwrap_model(self.model), spec=self.spec,
+                optimizer=self.optimizer if name == "last" else None, state=state,
+            )
+        except NonFiniteWeightsError as exc:  # diverged: stop rather than replace a good checkpoint
+            shown = ", ".join(exc.tensors[:3]) + (", ..." if len(exc.tensors) > 3 else "")
+            raise TrainingError(
+                f"the weights became NaN/Inf by step {self.step} ({len(exc.tensors)} tensor(s): {shown}) and were "
+                f"not saved; {self._last_checkpoint()}. Lower train.lr, set train.grad_clip or "
+                "train.mixed_precision: no") from None
+        if name == "last":
+            self.saved_step = self.step
+
+    def _last_checkpoint(self, before_streak: bool = False) -> str:
+        """What checkpoints/last holds now, for messages after a stop (a checkpoint is never non-finite, and
+        skipped steps leave the weights as they were)."""
+        last = self.ckpt_dir / "last"
+        if self.saved_step is None:
+            return f"no checkpoint was saved in {last} by this run"
+        if before_streak:
+            return f"{last} holds the weights from before these steps (saved at step {self.saved_step}; finite)"
+        return f"{last} holds step {self.saved_step}, with finite weights"
 
     def resume(self) -> bool:
         """Restore the ``last`` checkpoint if there is one; return whether training resumes."""
@@ -208,7 +250,7 @@ class Trainer:
                 f"cannot resume: the checkpoint was made for {state['total_steps']} steps but the config now "
                 f"gives {self.total_steps}; restore the original train.epochs/max_steps or start a new run"
             )
-        self.step = state["step"]
+        self.step = self.saved_step = state["step"]
         self.best_score, self.best_step = state["best_score"], state["best_step"]
         self.best_metrics, self.selection_baseline = state["best_metrics"], state["selection_baseline"]
         self.weighting.load_state_dict(state["weighting"])
@@ -334,8 +376,9 @@ class Trainer:
         )
         bar = progress.add_task(self.run_dir.name, total=self.total_steps, completed=self.step,
                                 loss=float("nan"), speed=0.0)
+        self.mid_step = self.stop_requested = False
         try:
-            with progress:
+            with progress, self._interrupts_at_step_end():
                 while self.step < end:
                     epoch, skip = divmod(self.step, self.steps_per_epoch)
                     batches = iter(self._loader(epoch, skip * self.accum))
@@ -358,14 +401,22 @@ class Trainer:
                             if log is not None:
                                 log.flush()  # the log reaches the checkpoint's step: resume cuts it back to there
                             self.save("last", last_metrics)
+                        self.mid_step = False  # a step boundary: every state belongs to self.step
+                        if self.stop_requested:
+                            raise KeyboardInterrupt
                         if self.step >= end:
                             break
         except KeyboardInterrupt:
-            self.save("last", last_metrics)
-            self.accelerator.print(f"interrupted at step {self.step}; continue with --resume")
+            if self.mid_step:  # a second Ctrl-C: this state mixes two steps, keep the checkpoint there is
+                self.accelerator.print(f"interrupted in the middle of a step; {self._last_checkpoint()}; continue "
+                                       "with --resume (it repeats the steps after it)")
+            else:
+                self.save("last", last_metrics)
+                self.accelerator.print(f"interrupted at step {self.step}; continue with --resume")
             raise
-        except (DataError, TeacherOutputError):  # bad input found between steps: keep the steps done so far
-            self.save("last", last_metrics)
+        except (DataError, TeacherOutputError):  # bad input found: keep the steps done so far
+            if not self.mid_step:
+                self.save("last", last_metrics)
             raise
         finally:
             if log is not None:
@@ -376,6 +427,29 @@ class Trainer:
             train_seconds=elapsed, samples_per_second=seen / max(elapsed, 1e-9), skipped_steps=self.skipped_steps,
             nan_steps=self.nan_steps,
         )
+
+    @contextlib.contextmanager
+    def _interrupts_at_step_end(self) -> Iterator[None]:
+        """Ctrl-C (SIGINT) in the middle of a step stops at its end, where a checkpoint is exact; between steps,
+        or pressed twice, it stops at once. Single-process runs in the main thread only: ranks would not agree
+        on the step, and a handler cannot be installed elsewhere (or where SIGINT is ignored or taken over)."""
+        if (self.distributed or threading.current_thread() is not threading.main_thread()
+                or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+            yield
+            return
+
+        def on_sigint(signum: int, frame: Any) -> None:
+            if not self.mid_step or self.stop_requested:
+                raise KeyboardInterrupt
+            self.stop_requested = True
+            with contextlib.suppress(OSError):  # a raw write: the main thread may be inside a buffered print
+                os.write(2, b"\nCtrl-C: stopping after this step (press Ctrl-C again to stop at once)\n")
+
+        signal.signal(signal.SIGINT, on_sigint)
+        try:
+            yield
+        finally:
+            signal.signal(signal.SIGINT, signal.default_int_handler)
 
     def _context(self, micro_batch: int = 0) -> StepContext:
         return StepContext(step=self.step, steps_per_epoch=self.steps_per_epoch, seed=self.cfg.seed,
@@ -389,6 +463,7 @@ class Trainer:
         zero times the outputs — so DDP's gradient all-reduce always completes."""
         teacher_outputs = self._teacher_outputs(batch)
         ctx = self._context(index)
+        self.mid_step = True  # the forwards below move batch-norm statistics and may draw random numbers
         with self.accelerator.autocast():
             memory = self.trajectory.outputs(batch["image"]) if self.trajectory is not None else None
             raw = self.model(batch["image"])
@@ -501,8 +576,7 @@ class Trainer:
             raise TrainingError(
                 f"{self.nan_streak} steps in a row had a non-finite loss (last, at step {self.step}: "
                 f"{self.nan_reason}); lower train.lr, set train.grad_clip or train.mixed_precision: no, or check "
-                f"the labels and the teachers' outputs for NaN/Inf. {self.ckpt_dir / 'last'} holds the weights "
-                "from before these steps"
+                f"the labels and the teachers' outputs for NaN/Inf. {self._last_checkpoint(before_streak=True)}"
             )
 
     def _reduce_row(self, loss: float, row: dict[str, Any]) -> tuple[float, dict[str, Any]]:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate import Accelerator
 from accelerate.utils import set_seed
 from torch.utils.data import Dataset, Subset
 
@@ -33,6 +34,7 @@ from ..registry import did_you_mean
 from ..students import build_student
 from ..tasks import TASKS, task_type
 from ..teachers import TEACHER_SOURCES, Teacher, parse_source, resolve_teachers
+from .run_dir import claim_run_dir
 
 
 class LabelledSubset(Subset):
@@ -226,10 +228,20 @@ def train_run(cfg: RunConfig, run_dir: str | Path, *, resume: bool = False, stop
     used besides the config's (Python teachers); their names must differ from the config's."""
     check_names(cfg, teachers)
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     # one process per device under torchrun / accelerate launch: rank 0 writes files and builds the teacher
     # cache while the others wait for it (main_process_first), then every rank reads its own slice
     accelerator = make_accelerator(cfg.train.mixed_precision)
+    # the folder belongs to this run (run_dir.py): refused if it holds another run or another writer holds it
+    with claim_run_dir(run_dir, cfg, resume=resume, main=accelerator.is_main_process) as write_config:
+        accelerator.wait_for_everyone()  # every process checked the folder before rank 0 writes into it
+        return _train_in(cfg, run_dir, accelerator, write_config=write_config, resume=resume,
+                         stop_at_step=stop_at_step, teachers=teachers)
+
+
+def _train_in(cfg: RunConfig, run_dir: Path, accelerator: Accelerator, *, write_config: bool, resume: bool,
+              stop_at_step: int | None, teachers: Sequence[Teacher]) -> RunResult:
+    """The body of :func:`train_run`, once the run folder is claimed (``write_config``: the folder has no
+    ``config.yaml`` yet; a resume keeps the one the run started with)."""
     main = accelerator.is_main_process
     if cfg.train.threads:
         torch.set_num_threads(cfg.train.threads)
@@ -280,7 +292,7 @@ def train_run(cfg: RunConfig, run_dir: str | Path, *, resume: bool = False, stop
     scored = {n: t for n, t in tasks.items() if t.has_labels}
     trajectory = KnowledgeTrajectory(cfg.distill.trajectory, model, scored) if cfg.distill.trajectory else None
 
-    if main:
+    if main and write_config:
         save_config(cfg, run_dir / "config.yaml")
     kinds = {(t, teacher.name): teacher.output_kind(t) for teacher in teachers for t in teacher.tasks}
     if not online:
