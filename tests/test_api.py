@@ -111,7 +111,8 @@ def test_evaluate_and_export_through_the_api(python_teacher_run, tiny_data, tmp_
     # the same Python teacher compares in eval, as an instance and by its dotted name (python: source)
     (tmp_path / "my_teachers.py").write_text(
         "import polydistill\nfrom tests.test_api import MeanDepth\n\n"
-        "def make(scale=4.0):\n    return polydistill.Teacher.from_module(MeanDepth(scale), name='x', tasks=['depth'])\n")
+        "def make(scale=4.0):\n"
+        "    return polydistill.Teacher.from_module(MeanDepth(scale), name='x', tasks=['depth'])\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     compared = polydistill.evaluate(run.run_dir, tiny_data["val"], teachers=[teacher, "python:my_teachers:make"])
     assert set(compared["teachers"]) == {"mine", "my_teachers:make"}

@@ -15,10 +15,10 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from polydistill.engine import distributed as D
 from polydistill.distill.weighting.base import StepContext
 from polydistill.distill.weighting.dwa import DWAWeighting
 from polydistill.distill.weighting.gradnorm import GradNormWeighting
+from polydistill.engine import distributed as D
 
 
 def free_port() -> int:
