@@ -18,9 +18,9 @@ import sys
 import time
 
 import pytest
-from safetensors.torch import load_file
 
 from polydistill.engine.logging import read_steps
+from tests.resume_check import assert_same_last_checkpoint
 
 STEPS = 14
 
@@ -63,17 +63,7 @@ def test_sigkill_at_a_random_step_then_resume_is_bit_identical(quick_demo, tmp_p
                              timeout=300, env=env)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
 
-    for name in ("model.safetensors", "training.safetensors"):  # weights; optimizer moments and RNG state
-        a = load_file(str(straight / "checkpoints" / "last" / name))
-        b = load_file(str(killed / "checkpoints" / "last" / name))
-        assert a.keys() == b.keys()
-        different = [k for k in a if not (a[k].dtype == b[k].dtype and a[k].shape == b[k].shape
-                                          and (a[k] == b[k]).all())]
-        assert not different, f"{name}: {different[:5]} differ (kill seed {seed}, after step {kill_after})"
-    state_a = json.loads((straight / "checkpoints" / "last" / "state.json").read_text())
-    state_b = json.loads((killed / "checkpoints" / "last" / "state.json").read_text())
-    for key in ("step", "best_step", "best_score", "weighting", "rng"):
-        assert json.dumps(state_a[key]) == json.dumps(state_b[key]), key  # as text: NaN scores compare equal
+    assert_same_last_checkpoint(straight, killed, f"kill seed {seed}, after step {kill_after}")
     rows_a, rows_b = read_steps(straight / "steps.csv"), read_steps(killed / "steps.csv")
     assert [r["step"] for r in rows_b] == list(range(1, STEPS + 1))  # no duplicated, no missing rows
     assert [r["loss"] for r in rows_a] == [r["loss"] for r in rows_b]

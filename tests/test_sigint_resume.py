@@ -18,6 +18,7 @@ from safetensors.torch import load_file
 
 from polydistill.engine.logging import read_steps
 from tests.conftest import tiny_config
+from tests.resume_check import assert_same_last_checkpoint
 
 STEPS = 14
 
@@ -67,17 +68,7 @@ def test_sigint_at_a_random_moment_then_resume_is_bit_identical(tiny_data, tmp_p
     resumed = subprocess.run(train(interrupted, "--resume"), capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
 
-    for name in ("model.safetensors", "training.safetensors"):  # weights and batch-norm counters; optimizer, RNG
-        a = load_file(str(straight / "checkpoints" / "last" / name))
-        b = load_file(str(interrupted / "checkpoints" / "last" / name))
-        assert a.keys() == b.keys()
-        different = [k for k in a if not (a[k].dtype == b[k].dtype and a[k].shape == b[k].shape
-                                          and (a[k] == b[k]).all())]
-        assert not different, f"{name}: {different[:5]} differ (interrupt seed {seed})"
-    state_a = json.loads((straight / "checkpoints" / "last" / "state.json").read_text())
-    state_b = json.loads((interrupted / "checkpoints" / "last" / "state.json").read_text())
-    for key in ("step", "best_step", "best_score", "weighting", "rng"):
-        assert json.dumps(state_a[key]) == json.dumps(state_b[key]), key
+    assert_same_last_checkpoint(straight, interrupted, f"interrupt seed {seed}")
     rows_a, rows_b = read_steps(straight / "steps.csv"), read_steps(interrupted / "steps.csv")
     assert [r["step"] for r in rows_b] == list(range(1, STEPS + 1))
     assert [r["loss"] for r in rows_a] == [r["loss"] for r in rows_b]
