@@ -11,6 +11,8 @@
 - :mod:`benchmarks.channels_last` — the student's training step in NCHW against channels-last;
 - :mod:`benchmarks.bench_shapescenes` — ShapeScenes generation throughput;
 - :mod:`benchmarks.demo_wall_time` — cold and warm wall time of ``polydistill demo`` for two releases;
+- :mod:`benchmarks.detection_roundtrip` — perfect boxes rendered into detection targets and decoded (mAP, lost boxes);
+- :mod:`benchmarks.connector` — JointDistill's connector against plain feedback weighting over seeds;
 - :mod:`benchmarks.gpu_check` — the quick demo under bf16 and distillation images/s at 224² and 512²
   (numbers mean something on a CUDA machine only).
 

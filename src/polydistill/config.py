@@ -80,6 +80,9 @@ class StudentConfig(StrictModel):
     layout: Literal["plain", "sak"] = Field(
         "plain", description="'sak': adapter path per features task and a router per dense task (SAK)")
     adapter_ratio: int = Field(4, gt=0, description="SAK adapters' bottleneck: channels / adapter_ratio")
+    router_noise: Literal["image", "pixel"] = Field(
+        "image", description="SAK routers' training noise: one draw per image (the paper's image-level gating) "
+                             "or per pixel (SAK's code)")
 
 
 

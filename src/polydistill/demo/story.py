@@ -38,6 +38,7 @@ from ..evaluation.evaluate import evaluate, student_predictor
 from ..evaluation.speed import count_parameters, measure_latency
 from ..reporting.figures import write_demo_report
 from ..reporting.html import write_html_report
+from ..tasks import task_class
 from ..teachers import CheckpointTeacher
 from .presets import (
     DEMO_CACHE_VERSION,
@@ -123,7 +124,11 @@ def teacher_fingerprint(cfg: dict[str, Any], data_fp: dict[str, str]) -> str:
     """What determines a teacher's weights: its recipe and its data's fingerprints — not the folders'
     paths and not whether a progress bar is shown."""
     recipe = cfg | {"data": None, "train": {k: v for k, v in cfg["train"].items() if k != "progress"}}
-    return fingerprint({"v": DEMO_CACHE_VERSION, "data": data_fp, "cfg": recipe})
+    key: dict[str, Any] = {"v": DEMO_CACHE_VERSION, "data": data_fp, "cfg": recipe}
+    revisions = {t: task_class(t).target_revision for t in cfg["tasks"] if task_class(t).target_revision}
+    if revisions:  # a teacher trained on targets encoded the old way is retrained; the others are kept
+        key["targets"] = revisions
+    return fingerprint(key)
 
 
 def train_teachers(preset: Preset, splits: dict[str, Path], split_fps: dict[str, str], seed: int, progress: bool,

@@ -47,6 +47,7 @@ from ..checkpoint import (
 )
 from ..config import ModelSpec, TrainConfig
 from ..data.collate import collate, move_batch
+from ..distill.feature_norm import set_training_progress
 from ..distill.objective import Objective
 from ..distill.trajectory import KnowledgeTrajectory
 from ..distill.weighting import StepContext, Weighting
@@ -332,7 +333,8 @@ class Trainer:
         norms = {}
         for task, loss in losses.items():
             (grad,) = torch.autograd.grad(loss, self._shared, retain_graph=True, allow_unused=True)
-            norms[task] = grad.float().norm() if grad is not None else torch.zeros((), device=loss.device)
+            norms[task] = (self.weighting.rep_grad_norm(grad) if grad is not None
+                           else torch.zeros((), device=loss.device))
         return norms
 
     def _sampler(self, epoch: int, skip_batches: int) -> EpochSampler | TaskBalancedSampler:
@@ -467,6 +469,7 @@ class Trainer:
         with self.accelerator.autocast():
             memory = self.trajectory.outputs(batch["image"]) if self.trajectory is not None else None
             raw = self.model(batch["image"])
+            teacher_outputs = self.weighting.teacher_targets(teacher_outputs, batch)
         table = self.objective(raw, batch, teacher_outputs, memory_outputs=memory,
                                pixel_weighting=self.weighting.pixel_weights,
                                teacher_stats=self.weighting.needs_teacher_stats)
@@ -523,6 +526,8 @@ class Trainer:
             group["lr"] = group["base_lr"] * factor
         lr = self.cfg.lr * factor
         self.optimizer.zero_grad(set_to_none=True)
+        # DUNE's teacher-norm momentum follows the schedule's progress (no-op for every other norm)
+        set_training_progress(self.accelerator.unwrap_model(self.model), self.step, self.total_steps)
         # a skipped step must leave no trace: its forward already moved the batch-norm (and teacher-norm)
         # running statistics, with the same NaN/Inf that made the loss non-finite
         buffers = [b.detach().clone() for b in self.accelerator.unwrap_model(self.model).buffers()]

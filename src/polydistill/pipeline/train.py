@@ -285,6 +285,11 @@ def _train_in(cfg: RunConfig, run_dir: Path, accelerator: Accelerator, *, write_
         online = teachers
 
     weighting = build_weighting(cfg.distill, tasks, teachers_per_task)
+    for t in [t for t in tasks if weighting.teachers_per_task[t] != teachers_per_task[t]]:  # a fusion learns t
+        if not any(plain_train.has_label(i, t) for i in range(len(plain_train))):
+            raise ConfigError(f"distill.teacher_weighting '{cfg.distill.teacher_weighting.name}' learns to fuse the "
+                              f"teachers of '{t}' from its labels, but no training image has a '{t}' label; leave "
+                              f"'{t}' out of connector_tasks or add labels")
     if weighting.needs_teacher_metrics:
         with accelerator.main_process_first():
             weighting.teacher.set_teacher_metrics(
@@ -297,7 +302,7 @@ def _train_in(cfg: RunConfig, run_dir: Path, accelerator: Accelerator, *, write_
     kinds = {(t, teacher.name): teacher.output_kind(t) for teacher in teachers for t in teacher.tasks}
     if not online:
         teachers.clear()  # served by the cache from here on: free the networks' memory during training
-    objective = Objective(tasks, teachers_per_task, trajectory_tasks=list(scored) if trajectory else None,
+    objective = Objective(tasks, weighting.teachers_per_task, trajectory_tasks=list(scored) if trajectory else None,
                           teacher_kinds=kinds, teacher_targets=cfg.distill.teacher_targets)
     trainer = Trainer(
         model=model, spec=spec, tasks=tasks, objective=objective, weighting=weighting, train_set=sampled,

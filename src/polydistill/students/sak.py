@@ -16,8 +16,9 @@ Adapted to a convolutional pyramid (the paper uses a ViT with an adapter after e
   neck into the features task's projector (one path per ``features`` task, i.e. per teacher);
 * router of task τ at level l — ``x_l`` → 1×1 conv (C/2) → channel LayerNorm → GELU → 1×1 conv (2E) →
   mean over positions → clean logits and noise scales; in training the logits get noise
-  ``ε · (softplus(n) + 0.01)``; the softmax weights mix ``{x_l} ∪ {r_l^p}`` (E = 1 + paths); each task's
-  mixed pyramid goes through the task's own neck and head (the paper's per-task decoders).
+  ``ε · (softplus(n) + 0.01)`` with one ε per image (default) or per pixel as SAK's code (``noise``); the
+  softmax weights mix ``{x_l} ∪ {r_l^p}`` (E = 1 + paths); each task's mixed pyramid goes through the task's
+  own neck and head (the paper's per-task decoders).
 
 Two-stage training as in the paper: stage 1 distils only the features tasks (paths and stem learn the
 teachers' representations); stage 2 adds the task heads and routers and continues distillation
@@ -29,6 +30,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ..errors import ConfigError
+from ..registry import did_you_mean
 
 
 class Adapter(nn.Module):
@@ -65,30 +69,51 @@ class AdapterPath(nn.Module):
         return out
 
 
-class MoRRouter(nn.Module):
-    """Image-level noisy gating over ``experts`` (the stem feature first, then the adapter paths)."""
+ROUTER_NOISE = ("image", "pixel")
 
-    def __init__(self, channels: int, experts: int):
+
+class MoRRouter(nn.Module):
+    """Noisy gating over ``experts`` (the stem feature first, then the adapter paths); in eval, as SAK's
+    ``MoR``/``GlobalRouter`` (``tests/test_parity_sak.py``).
+
+    ``noise`` (training only): ``image`` (default) draws one ε per image and expert, so an image's mixture is
+    the same everywhere (the paper's image-level gating); ``pixel`` draws ε per position after broadcasting
+    the image-level logits, as SAK's code does (``randn_like`` on the expanded logits), so the training-time
+    mixture varies across the map while its clean part and noise scale stay image-level.
+    """
+
+    def __init__(self, channels: int, experts: int, noise: str = "image"):
         super().__init__()
+        if noise not in ROUTER_NOISE:
+            raise ConfigError(f"SAK router noise must be one of {ROUTER_NOISE}, got {noise!r}"
+                              f"{did_you_mean(str(noise), ROUTER_NOISE)}")
         hidden = max(channels // 2, 8)
-        self.experts = experts
+        self.experts, self.noise = experts, noise
         self.gate = nn.Sequential(
             nn.Conv2d(channels, hidden, 1), _TokenLayerNorm(hidden), nn.GELU(), nn.Conv2d(hidden, 2 * experts, 1)
         )
         #: the mean mixing weights of the last forward pass (detached), for logs and reports
         self.last_weights: torch.Tensor | None = None
 
-    def weights(self, stem: torch.Tensor) -> torch.Tensor:
+    def weights(self, stem: torch.Tensor, eps: torch.Tensor | None = None) -> torch.Tensor:
+        """``(B, E)`` mixing weights, or ``(B, E, H, W)`` with per-pixel noise in training. ``eps``: the
+        standard normal noise to use (drawn when None; shaped like the result)."""
         logits = self.gate(stem).mean((2, 3))
         clean, noise = logits[:, : self.experts], logits[:, self.experts:]
-        if self.training:
-            clean = clean + torch.randn_like(clean) * (F.softplus(noise) + 0.01)
-        return clean.softmax(-1)
+        if not self.training:
+            return clean.softmax(1)
+        scale = F.softplus(noise) + 0.01
+        if self.noise == "pixel":
+            clean, scale = (x[:, :, None, None].expand(-1, -1, *stem.shape[-2:]) for x in (clean, scale))
+        return (clean + (torch.randn_like(clean) if eps is None else eps) * scale).softmax(1)
 
-    def forward(self, stem: torch.Tensor, experts: list[torch.Tensor]) -> torch.Tensor:
-        p = self.weights(stem)
-        self.last_weights = p.detach().mean(0)
-        return sum(p[:, i, None, None, None] * e for i, e in enumerate(experts))
+    def forward(self, stem: torch.Tensor, experts: list[torch.Tensor], eps: torch.Tensor | None = None
+                ) -> torch.Tensor:
+        p = self.weights(stem, eps)
+        if p.dim() == 2:
+            p = p[:, :, None, None]
+        self.last_weights = p.detach().mean((0, 2, 3))
+        return sum(p[:, i, None] * e for i, e in enumerate(experts))
 
 
 class _TokenLayerNorm(nn.LayerNorm):

@@ -83,7 +83,7 @@ class Student(nn.Module):
             self.paths = nn.ModuleDict({n: AdapterPath(channels, adapter_ratio) for n in self.feature_tasks})
             experts = 1 + len(self.feature_tasks)
             self.routers = nn.ModuleDict(
-                {n: nn.ModuleList(MoRRouter(c, experts) for c in channels) for n in self.label_tasks}
+                {n: nn.ModuleList(MoRRouter(c, experts, arch.router_noise) for c in channels) for n in self.label_tasks}
             )
         self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)

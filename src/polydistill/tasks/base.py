@@ -105,6 +105,10 @@ class Task(ABC):
     per_class_prefix: ClassVar[str | None] = None
     #: whether the dense map is the distance to the camera in metres (``predict`` labels boxes with it)
     gives_distance: ClassVar[bool] = False
+    #: bumped when the way labels (or a box teacher's boxes) become this task's training targets changes:
+    #: what was trained or cached on the old targets (the demo's teachers, box teachers' cached maps) carries
+    #: it in its fingerprint and is rebuilt; 0 = the first encoding, left out of fingerprints
+    target_revision: ClassVar[int] = 0
     #: the instance's name in the config (``tasks: {dino: {type: features}}`` names a features task 'dino')
     name: str
 

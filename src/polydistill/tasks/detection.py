@@ -113,6 +113,7 @@ class DetectionTask(Task):
     target_is_label = True
     dense_output = False  # the output stays on the stride grid
     box_targets = True
+    target_revision = 1  # 1: a box owns its centre cell, shared cells go to the best fit (was: smallest box)
     title = "Detection"
     caption = "Detection: boxes scoring at least 0.3, with class and score; ground truth without scores."
     output_meaning = ("(B, C + 4, H/stride, W/stride) on the stride grid: C class heat-maps (probability of an object "
@@ -270,9 +271,12 @@ class DetectionTask(Task):
         """Boxes of one image (detection class ids) -> its task-space map ``(C + 4, h, w)``.
 
         Class channel ``c`` holds, per cell, the highest ``score × Gaussian`` of the boxes of class ``c``
-        (Gaussian at the box centre's cell, standard deviations ``0.54 · size / 6``); the distances are
-        those of the smallest box whose Gaussian covers the cell (zero where none does). With
-        ``scores=None`` (ground truth) the peaks are exactly 1.
+        (Gaussian at the box centre's cell, standard deviations ``0.54 · size / 6``); the distances are those of
+        the cell's owner (:meth:`_owners`; zero where no box's Gaussian reaches). With ``scores=None`` (ground
+        truth) the peaks are exactly 1 and :meth:`decode` gives every box back up to float rounding, except two
+        cases the format cannot hold: boxes centred in one cell share its one set of distances (the owner's),
+        and decoding's NMS keeps one of two same-class boxes that overlap by more than ``nms_iou``
+        (``benchmarks/detection_roundtrip.py`` counts both).
         """
         h, w = grid
         device = boxes.device
@@ -287,7 +291,7 @@ class DetectionTask(Task):
         weighted = gauss if scores is None else gauss * scores[:, None, None]
         heat = out[: self.num_classes].view(self.num_classes, -1)
         heat.scatter_reduce_(0, labels[:, None].expand(-1, h * w), weighted.reshape(len(labels), -1), "amax")
-        owner = self._owners(boxes, gauss)
+        owner = self._owners(boxes, gauss, weighted)
         cy, cx = cell_centres(h, w, self.stride, device)
         assigned = owner >= 0
         b = boxes[owner.clamp_min(0)]  # (h, w, 4)
@@ -295,11 +299,18 @@ class DetectionTask(Task):
         out[self.num_classes:] = ltrb * assigned
         return out
 
-    def _gaussians(self, boxes: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+    def _centre_cells(self, boxes: torch.Tensor, grid: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Column and row ``(N,)`` (float) of the cell holding each box's centre: where its peak is."""
         h, w = grid
         s = float(self.stride)
         centre_x = ((boxes[:, 0] + boxes[:, 2]) / 2 / s).floor().clamp(0, w - 1)
         centre_y = ((boxes[:, 1] + boxes[:, 3]) / 2 / s).floor().clamp(0, h - 1)
+        return centre_x, centre_y
+
+    def _gaussians(self, boxes: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
+        h, w = grid
+        s = float(self.stride)
+        centre_x, centre_y = self._centre_cells(boxes, grid)
         sigma_x = (GAUSSIAN_RATIO * (boxes[:, 2] - boxes[:, 0]) / 6 / s).clamp_min(MIN_SIGMA)
         sigma_y = (GAUSSIAN_RATIO * (boxes[:, 3] - boxes[:, 1]) / 6 / s).clamp_min(MIN_SIGMA)
         ys = torch.arange(h, device=boxes.device, dtype=torch.float32)[None, :, None]
@@ -308,13 +319,29 @@ class DetectionTask(Task):
         dy = (ys - centre_y[:, None, None]) ** 2 / (2 * sigma_y[:, None, None] ** 2)
         return torch.exp(-(dx + dy))
 
-    def _owners(self, boxes: torch.Tensor, gauss: torch.Tensor) -> torch.Tensor:
-        """Per cell, the index of the smallest box whose Gaussian reaches it (> 0.01), or −1."""
-        area = ((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1]))[:, None, None]
-        covered = gauss > 0.01
-        cost = torch.where(covered, area.expand_as(gauss), torch.full_like(gauss, float("inf")))
-        best = cost.min(0)
-        return torch.where(torch.isfinite(best.values), best.indices, torch.full_like(best.indices, -1))
+    def _owners(self, boxes: torch.Tensor, gauss: torch.Tensor, weighted: torch.Tensor) -> torch.Tensor:
+        """Per cell, the index of the box whose distances it holds, or −1 where no box's Gaussian reaches it
+        (> 0.01).
+
+        A box owns its centre cell: decoding reads the box there. Boxes centred in one cell: the higher score
+        (heat-map value) wins, then the larger box — the cell holds one box only, and the larger box's wider
+        Gaussian owns the cells around it anyway. Any other cell goes to the box with the highest heat-map value
+        there (``score × Gaussian``; ties: the larger box, then the earlier one): the box a peak found at that
+        cell most likely belongs to, and the one whose value the box loss weights the cell by (the heat maximum).
+        The smallest covering box (this task's rule before) gave a larger box's centre cell to a smaller box
+        overlapping it, which then decoded with the smaller box's edges.
+        """
+        n, h, w = gauss.shape
+        centre_x, centre_y = self._centre_cells(boxes, (h, w))
+        own_centre = torch.zeros_like(gauss, dtype=torch.bool)
+        own_centre[torch.arange(n, device=gauss.device), centre_y.long(), centre_x.long()] = True
+        candidates = torch.where(own_centre.any(0, keepdim=True), own_centre, gauss > 0.01)
+        area = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
+        order = area.argsort(descending=True, stable=True)  # argmax returns the first of equal values
+        value = weighted.masked_fill(~candidates, float("-inf"))[order]
+        best = value.argmax(0)
+        found = candidates.any(0)
+        return torch.where(found, order[best], torch.full_like(best, -1))
 
     def encode(self, target: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         """Padded ground-truth boxes ``(B, M, 5)`` (dataset class ids) -> task-space maps ``(B, C + 4, h, w)``."""
@@ -405,7 +432,10 @@ class DetectionTask(Task):
     @torch.no_grad()
     def decode(self, output: torch.Tensor, score_threshold: float | None = None,
                image_size: tuple[int, int] | None = None) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        """Task-space maps ``(B, C + 4, h, w)`` -> per image ``(boxes (n, 4), scores (n,), labels (n,))``."""
+        """Task-space maps ``(B, C + 4, h, w)`` -> per image ``(boxes (n, 4), scores (n,), labels (n,))``.
+
+        A peak is a cell equal to its 3×3 maximum, so two adjacent peaks of equal height both count (ground
+        truth's are all 1: no box's peak is suppressed by a neighbour's)."""
         self._check(output, "output")
         c = self.num_classes
         threshold = self.score_threshold if score_threshold is None else score_threshold

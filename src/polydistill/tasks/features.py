@@ -17,8 +17,11 @@ transformer block over all tokens, then a linear map, as DUNE's TP). Projectors 
 The teacher's features are normalised by a :class:`~polydistill.distill.feature_norm.TeacherNorm` that lives
 inside the head (running statistics saved with the student); the student's map is resized bilinearly to the
 teacher's token grid (patch 14 vs 16 alignment), and the per-token loss is DUNE's
-``cos_weight · (1 − cos) + l1_weight · SmoothL1(β=1)`` averaged over tokens. The task has no labels and no
-metrics: its value is what it adds to the other tasks (and the loss curve in ``steps.csv``).
+``cos_weight · (1 − cos) + l1_weight · SmoothL1(β=1)`` averaged over tokens. ``cosine: map`` takes instead one
+cosine per image over the whole flattened map, as SAK's ``DistillLoss("cos+l1")`` (with ``norm: none``,
+``cos_weight: 0.9``, ``l1_weight: 0.1``; ``tests/test_parity_sak.py``): a per-token cosine ignores how token
+norms vary across the map, the map cosine does not. The task has no labels and no metrics: its value is what it
+adds to the other tasks (and the loss curve in ``steps.csv``).
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from . import TASKS
 from .base import DataFacts, Metric, Task
 
 PROJECTORS = ("linear", "mlp", "transformer")
+COSINES = ("token", "map")
 
 
 class TransformerProjector(nn.Module):
@@ -83,17 +87,27 @@ class FeatureHead(nn.Module):
 
 
 def feature_loss(student: torch.Tensor, target: torch.Tensor, cos_weight: float, l1_weight: float,
-                 token_weight: torch.Tensor | None = None, mse_weight: float = 0.0) -> torch.Tensor:
-    """Per-sample loss between ``(B, D, h, w)`` maps on the same grid, averaged over tokens: DUNE/SAK's
-    cosine + smooth-L1, plus ``mse_weight`` · mean squared error over channels (FPN feature imitation)."""
+                 token_weight: torch.Tensor | None = None, mse_weight: float = 0.0,
+                 cosine: str = "token") -> torch.Tensor:
+    """Per-sample loss between ``(B, D, h, w)`` maps on the same grid, averaged over tokens: cosine + smooth-L1
+    (DUNE's), plus ``mse_weight`` · mean squared error over channels (FPN feature imitation).
+
+    ``cosine="token"``: ``1 − cos`` per token, averaged; ``"map"``: one ``1 − cos`` per image between the
+    flattened maps (SAK's). A ``token_weight`` ``(B, 1, h, w)`` weights every per-token term; the map cosine,
+    having no tokens, is scaled by the image's mean token weight."""
     s, t = student.float(), target.float()
-    per_token = cos_weight * (1 - F.cosine_similarity(s, t, dim=1))
-    per_token = per_token + l1_weight * F.smooth_l1_loss(s, t, reduction="none", beta=1.0).mean(1)
+    per_token = l1_weight * F.smooth_l1_loss(s, t, reduction="none", beta=1.0).mean(1)
+    if cosine == "token":
+        per_token = per_token + cos_weight * (1 - F.cosine_similarity(s, t, dim=1))
     if mse_weight:
         per_token = per_token + mse_weight * (s - t).pow(2).mean(1)
     if token_weight is not None:
         per_token = per_token * token_weight[:, 0]
-    return per_token.flatten(1).mean(1)
+    loss = per_token.flatten(1).mean(1)
+    if cosine == "map" and cos_weight:
+        map_cos = cos_weight * (1 - F.cosine_similarity(s.flatten(1), t.flatten(1), dim=1))
+        loss = loss + (map_cos if token_weight is None else map_cos * token_weight.flatten(1).mean(1))
+    return loss
 
 
 @TASKS.register("features")
@@ -104,7 +118,8 @@ class FeaturesTask(Task):
     ``projector`` (``linear`` / ``mlp`` / ``transformer``), ``norm`` (``standardize`` / ``phi_s`` / ``none``),
     ``grid_stride`` (input pixels per student token, a multiple of the neck stride; 16 by default, DINOv2's
     patch 14 is met by resizing the student's grid to the teacher's), ``cos_weight`` / ``l1_weight`` /
-    ``mse_weight`` (the loss terms), ``weight_by`` (a detection task: weight each token by how much the
+    ``mse_weight`` (the loss terms), ``cosine`` (``token``: per-token cosine, DUNE's; ``map``: one cosine
+    over the flattened map per image, SAK's), ``weight_by`` (a detection task: weight each token by how much the
     student's and this teacher's class heat-maps disagree there — PDF-Distil's prediction-disagreement
     weighting for feature imitation; the teacher must also teach that detection task).
     """
@@ -135,11 +150,14 @@ class FeaturesTask(Task):
 
     def __init__(self, channels: int | None = None, projector: str = "mlp", norm: str = "standardize",
                  grid_stride: int = 16, cos_weight: float = 0.5, l1_weight: float = 0.5, mse_weight: float = 0.0,
-                 weight_by: str | None = None):
+                 weight_by: str | None = None, cosine: str = "token"):
         if projector not in PROJECTORS:
             raise ConfigError(f"unknown features projector '{projector}'{did_you_mean(projector, PROJECTORS)}")
         if norm not in NORMS:
             raise ConfigError(f"unknown features norm '{norm}'{did_you_mean(norm, NORMS)}")
+        if cosine not in COSINES:
+            raise ConfigError(f"unknown features cosine '{cosine}' (one of {', '.join(COSINES)})"
+                              f"{did_you_mean(str(cosine), COSINES)}")
         if channels is not None and (not isinstance(channels, int) or channels < 1):
             raise ConfigError(f"features channels must be a positive integer, got {channels!r}")
         if grid_stride < 1 or min(cos_weight, l1_weight, mse_weight) < 0 or cos_weight + l1_weight + mse_weight == 0:
@@ -147,7 +165,7 @@ class FeaturesTask(Task):
                               "positive sum")
         self.channels, self.projector, self.norm = channels, projector, norm
         self.grid_stride, self.cos_weight, self.l1_weight = int(grid_stride), float(cos_weight), float(l1_weight)
-        self.mse_weight, self.weight_by = float(mse_weight), weight_by
+        self.mse_weight, self.weight_by, self.cosine = float(mse_weight), weight_by, cosine
         self._target_norm: TeacherNorm | None = None
 
     @property
@@ -194,7 +212,7 @@ class FeaturesTask(Task):
             raw = F.interpolate(raw, size=grid, mode="bilinear", align_corners=False)
         if pixel_weight is not None and pixel_weight.shape[-2:] != grid:
             pixel_weight = F.interpolate(pixel_weight, size=grid, mode="bilinear", align_corners=False)
-        return feature_loss(raw, target, self.cos_weight, self.l1_weight, pixel_weight, self.mse_weight)
+        return feature_loss(raw, target, self.cos_weight, self.l1_weight, pixel_weight, self.mse_weight, self.cosine)
 
     def new_metric(self) -> Metric:
         raise TypeError("a features task has no labels to score")

@@ -200,7 +200,7 @@ class BoxTeacher(Teacher):
     def recipe(self) -> dict[str, Any]:
         return {**super().recipe(), "min_score": self.min_score, "stride": self.stride,
                 "detection_classes": self.detection_classes, "teacher_classes": self.teacher_classes,
-                "label_lookup": self.label_lookup.tolist()}
+                "label_lookup": self.label_lookup.tolist(), "target_revision": self.task.target_revision}
 
     @abstractmethod
     def _detect(self, images: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:

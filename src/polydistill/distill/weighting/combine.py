@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from ...config import DistillConfig
+from ...errors import ConfigError
 from ...tasks import Task
 from ..objective import GT, TRAJECTORY, LossTable, masked_mean
 from .base import StepContext, TaskWeighting, TeacherWeighting
@@ -39,14 +40,28 @@ class Weighting(nn.Module):
         self.teacher, self.task = teacher, task
         self.cfg = cfg
         self.tasks = tasks
-        self.teachers_per_task = teachers_per_task
         self.trajectory_weight = cfg.trajectory.weight if cfg.trajectory is not None else 0.0
         teacher.setup(tasks, teachers_per_task)
         task.setup(list(tasks))
+        #: what each task distils from: its teachers, or a teacher strategy's stand-in (feedback's connector)
+        self.teachers_per_task = getattr(teacher, "sources", teachers_per_task)
+        kept = {k for names in self.teachers_per_task.values() for k in names}
+        pairs = {f"{t}/{k}" for t, names in teachers_per_task.items() for k in names
+                 if k not in self.teachers_per_task[t]}
+        gone = {k for names in teachers_per_task.values() for k in names} - kept
+        stale = [key for key in cfg.teacher_weights if key in pairs or key in gone]
+        if stale:
+            raise ConfigError(f"distill.teacher_weights sets {stale}, but the student no longer distils from those "
+                              f"teachers directly (distill.teacher_weighting '{teacher.name}' fuses them); remove them")
 
     @property
     def needs_rep_grads(self) -> bool:
         return self.task.needs_rep_grads
+
+    def rep_grad_norm(self, grad: torch.Tensor) -> torch.Tensor:
+        """``g_t`` from a task loss's gradient on the shared features, as the task strategy defines it."""
+        norm = getattr(self.task, "rep_grad_norm", None)
+        return norm(grad) if norm is not None else grad.float().norm()
 
     @property
     def needs_teacher_stats(self) -> bool:
@@ -55,6 +70,13 @@ class Weighting(nn.Module):
     @property
     def needs_teacher_metrics(self) -> bool:
         return self.teacher.needs_teacher_metrics
+
+    def teacher_targets(self, teacher_outputs: dict[str, dict[str, torch.Tensor]],
+                        batch: dict) -> dict[str, dict[str, torch.Tensor]]:
+        """The outputs the objective distils from: the teachers', plus what a teacher strategy fuses from them
+        (feedback's connector, as teacher ``"connector"``)."""
+        fuse = getattr(self.teacher, "fuse", None)
+        return fuse(teacher_outputs, batch) if fuse is not None else teacher_outputs
 
     def pixel_weights(self, task_name: str, task: Task, targets: dict[str, torch.Tensor]):
         return self.teacher.pixel_weights(task_name, task, targets)
@@ -74,7 +96,9 @@ class Weighting(nn.Module):
                 out.term_weights[(name, GT)] = self.cfg.gt_weight
             terms = {k: table[(name, k)] for k in self.teachers_per_task.get(name, []) if (name, k) in table}
             if terms:
-                weights, aux = self.teacher.sample_weights(name, terms, ctx)
+                # rl's reward 'official' adds the student's own label loss (MTKD-RL's reward)
+                extra = {"gt": gt} if getattr(self.teacher, "needs_gt_term", False) else {}
+                weights, aux = self.teacher.sample_weights(name, terms, ctx, **extra)
                 if aux is not None:
                     out.aux.append(aux)
                 for k, term in terms.items():

@@ -4,6 +4,8 @@
 task's mean loss over the last two completed periods (an epoch by default, as in the paper; ``period``
 in steps for short runs), temperature ``T = 2`` and ``T_n`` tasks. Equal weights until two periods are
 complete. A task whose loss falls slowly gets more weight. Losses are detached: no gradient, no aux.
+With the default period these are LibMTL's ``weighting/DWA.py`` weights (its epoch means of the training
+loss, equal weights for epochs 0 and 1; pinned by ``tests/test_parity_libmtl.py``).
 """
 
 from __future__ import annotations

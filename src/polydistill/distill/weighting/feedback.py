@@ -13,6 +13,14 @@ with the multiplicative squared-error step ``ω ← ω − β·ω·(ω − targe
 renormalisation to mean 1. The paper's exact rule is not public: the squared-error reading, the
 direction and the defaults (α = 1, β = 0.5) are our documented choices. Every update is returned to the
 engine, which writes it to ``val.jsonl``.
+
+``connector: true`` adds the paper's connector (:mod:`polydistill.distill.connector`): the teachers of each
+served task (``connector_tasks``, default every task with labels, a dense map and a teacher) are replaced, as
+what the student distils from, by one fused target, the ``(task, "connector")`` term. Its weight is the
+task's ω, with one unit per served task whose ratio compares the student with the best of the task's
+teachers (the paper's one teacher per task); unserved tasks keep one unit per teacher. The connector trains on
+its own loss, returned as this strategy's auxiliary loss, and lives in this strategy's state (optimizer,
+checkpoints, resume), never in the student. Off by default: nothing changes then.
 """
 
 from __future__ import annotations
@@ -21,9 +29,10 @@ import math
 from typing import Any, Literal
 
 import torch
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from ...errors import ConfigError
+from ..connector import CONNECTOR, Connector, served_tasks
 from ..objective import LossTerm
 from .base import Options, StepContext, TeacherWeighting
 
@@ -35,6 +44,17 @@ class FeedbackOptions(Options):
     favour: Literal["lagging", "leading"] = "lagging"
     min_weight: float = Field(0.05, ge=0, description="weights never drop below this")
     scores: dict[str, str] = Field(default_factory=dict, description="task -> higher-is-better metric")
+    connector: bool = Field(False, description="distil from a learned fusion of the teachers (JointDistill)")
+    connector_width: int = Field(32, ge=4, le=512, description="channels of the connector's conv blocks")
+    connector_stride: Literal[1, 2, 4, 8] = Field(4, description="input pixels per cell of the connector's grid")
+    connector_tasks: list[str] | None = Field(None, description="tasks it serves (default: all it can)")
+
+    @model_validator(mode="after")
+    def _connector_options_need_it(self) -> FeedbackOptions:
+        set_ = [k for k in ("connector_width", "connector_stride", "connector_tasks") if k in self.model_fields_set]
+        if set_ and not self.connector:
+            raise ValueError(f"{', '.join(set_)} only apply with connector: true (it is off)")
+        return self
 
 
 class FeedbackWeighting(TeacherWeighting):
@@ -44,8 +64,18 @@ class FeedbackWeighting(TeacherWeighting):
 
     def setup(self, tasks, teachers_per_task) -> None:
         super().setup(tasks, teachers_per_task)
+        self.connector: Connector | None = None
+        #: what each task distils from: its teachers, or the connector in their place
+        self.sources = {t: list(names) for t, names in teachers_per_task.items()}
+        self._fit: dict[str, torch.Tensor] = {}  # the connector's loss per task, this micro-batch
+        if self.opts.connector:
+            where = f"distill.teacher_weighting '{self.name}'"
+            served = served_tasks(tasks, teachers_per_task, self.opts.connector_tasks, where)
+            self.connector = Connector(tasks, teachers_per_task, served, self.opts.connector_width,
+                                       self.opts.connector_stride)
+            self.sources.update({t: [CONNECTOR] for t in served})
         # tasks without labels (features) have no validation score: their teachers keep weight 1
-        self.units = [(t, k) for t in tasks if type(tasks[t]).has_labels for k in teachers_per_task.get(t, [])]
+        self.units = [(t, k) for t in tasks if type(tasks[t]).has_labels for k in self.sources.get(t, [])]
         self.register_buffer("omega", torch.ones(len(self.units)))
         self.teacher_scores: dict[tuple[str, str], float] = {}
         self.history: list[dict[str, Any]] = []
@@ -63,13 +93,32 @@ class FeedbackWeighting(TeacherWeighting):
 
     def set_teacher_metrics(self, metrics: dict[str, dict[str, dict[str, float]]]) -> None:
         for task, teacher in self.units:
+            if teacher == CONNECTOR:  # its reference: the best teacher it fuses (the paper's one per task)
+                scores = [metrics.get(k, {}).get(task, {}).get(self.score_name(task), float("nan"))
+                          for k in self.teachers_per_task[task]]
+                finite = [float(s) for s in scores if math.isfinite(s)]
+                self.teacher_scores[(task, teacher)] = max(finite) if finite else float("nan")
+                continue
             score = metrics.get(teacher, {}).get(task, {}).get(self.score_name(task), float("nan"))
             self.teacher_scores[(task, teacher)] = float(score)
+
+    def fuse(self, teacher_outputs: dict[str, dict[str, torch.Tensor]],
+             batch: dict) -> dict[str, dict[str, torch.Tensor]]:
+        """The teacher outputs plus the connector's targets (as teacher ``"connector"``); runs the connector and
+        keeps its loss for :meth:`sample_weights`. Without the connector, the outputs unchanged."""
+        self._fit = {}
+        if self.connector is None:
+            return teacher_outputs
+        raws = self.connector(teacher_outputs, tuple(batch["image"].shape[-2:]))
+        if raws is None:
+            return teacher_outputs
+        self._fit = self.connector.fit_losses(raws, batch)
+        return {**teacher_outputs, CONNECTOR: self.connector.targets(raws)}
 
     def sample_weights(self, task: str, terms: dict[str, LossTerm], ctx: StepContext):
         return {k: (self.omega[self.units.index((task, k))].to(t.per_sample.device) if (task, k) in self.units
                     else torch.ones((), device=t.per_sample.device)).expand_as(t.per_sample)
-                for k, t in terms.items()}, None
+                for k, t in terms.items()}, self._fit.pop(task, None)
 
     def feedback(self, metrics: dict[str, dict[str, float]], step: int) -> dict[str, Any] | None:
         if not self.units or step - self.last_update < self.opts.period:
@@ -98,6 +147,8 @@ class FeedbackWeighting(TeacherWeighting):
             "targets": {f"{t}/{k}": round(float(x), 5) for (t, k), x in zip(self.units, target)},
             "weights": {f"{t}/{k}": round(float(x), 5) for (t, k), x in zip(self.units, self.omega)},
         }
+        if self.connector is not None:
+            record["connector_mix"] = self.connector.mix_weights()
         self.history.append(record)
         return record
 
